@@ -1,0 +1,192 @@
+"""Run directories: the settings of a run, its per-epoch metrics and its checkpoint.
+
+    RUN_DIR/config.json     every setting, enough to rebuild the model
+    RUN_DIR/metrics.jsonl   one JSON object per epoch
+    RUN_DIR/checkpoint.pt   tensors and plain data only: loads with torch.load(weights_only=True)
+
+Every file is written to a temporary name and renamed, so a killed process leaves the last
+complete version behind.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data import DATASETS
+from .errors import UserError
+from .models import build_model
+
+CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
+
+# Sizes that fit each data set, used where a setting is left as None.
+DEFAULTS = {
+    "digits": {"z_dim": 8, "hidden": 128, "epochs": 100, "batch_size": 64},
+    "28x28": {"z_dim": 50, "hidden": 400, "epochs": 20, "batch_size": 256},
+}
+
+
+@dataclass
+class Config:
+    """Every setting of a training run. None means: the data set's default (see DEFAULTS)."""
+
+    model: str = "vae"
+    dataset: str = "digits"
+    data_dir: str = None
+    epochs: int = None
+    batch_size: int = None
+    lr: float = 1e-3
+    z_dim: int = None
+    hidden: int = None
+    likelihood: str = None
+    elbo: str = "trace"
+    particles: int = 1
+    device: str = "auto"
+    seed: int = 0
+    train_size: int = None
+    val_size: float = 0.1
+
+    def resolved(self):
+        """A copy with the data set's defaults filled in and every value checked."""
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        defaults = DEFAULTS["digits" if self.dataset == "digits" else "28x28"]
+        filled = {k: defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k)
+                  for k in self.to_dict()}
+        c = Config(**filled)
+        if c.likelihood is None:  # each model's own default, written out so config.json is complete
+            c.likelihood = "categorical" if c.model == "cvae3" else "bernoulli"
+        for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
+            if not isinstance(getattr(c, name), int) or getattr(c, name) <= 0:
+                raise UserError(f"{name} must be a positive whole number, got {getattr(c, name)!r}")
+        if not c.lr > 0:
+            raise UserError(f"lr must be positive, got {c.lr}")
+        return c
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_metrics(run_dir, history):
+    lines = "".join(json.dumps(m) + "\n" for m in history)
+    atomic_write(Path(run_dir) / "metrics.jsonl", lambda f: f.write(lines.encode()))
+
+
+def read_metrics(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_run_dir(out, config):
+    """Create (or reuse) the run directory and write config.json into it."""
+    if out is None:
+        import time
+
+        out = Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_dict())
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {out}: {e.strerror}") from None
+    return out
+
+
+def save_checkpoint(run_dir, model, optimizer, epoch, config):
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(config.to_dict()),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, device="cpu"):
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}") from None
+    except Exception as e:  # pickled objects, truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a loadable pyro-vae checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state
+
+
+def model_for(config, data):
+    """The model a config describes, sized for the data set."""
+    y_dim = data.n_classes
+    x_dim = data.x_dim
+    return build_model(config.model, x_dim, y_dim, z_dim=config.z_dim, hidden=config.hidden,
+                       likelihood=config.likelihood)
+
+
+def load_run(run_dir, device="auto"):
+    """(model with trained weights, config, data set) of a finished or interrupted run."""
+    from .data import load_dataset
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    config = Config.from_dict(json.loads((run_dir / "config.json").read_text())).resolved()
+    device = resolve_device(device)
+    state = load_checkpoint(run_dir / "checkpoint.pt", device)
+    data = load_dataset(config.dataset, config.data_dir, device, binarize=binarizes(config),
+                        val_size=config.val_size, seed=config.seed)
+    model = model_for(config, data).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"{run_dir}/checkpoint.pt does not fit the model in config.json "
+                        f"({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, config, data
+
+
+def binarizes(config):
+    """Whether the data pipeline binarizes pixels: always, except for a likelihood over grey levels."""
+    return config.likelihood not in ("normal", "cbernoulli")
