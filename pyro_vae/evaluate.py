@@ -92,10 +92,42 @@ def decode(model, *args, z=None):
     return trace.nodes[model.observed]["fn"].mean, trace.nodes["z"]["value"]
 
 
-def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True):
+@torch.no_grad()
+def predict(model, x, particles=0, max_batch=1 << 16):
+    """E[y|x] of a model that predicts y from x (cvae3, `observed == "y"`), per example.
+
+    particles=0: the mean of p(y|x,z*) at z* = the mean of p(z|x) (Sohn et al.'s fast prediction);
+    particles=S: the Monte Carlo average of that mean over S draws z ~ p(z|x). For a categorical
+    y this is the vector of class probabilities; for Bernoulli pixels, the pixel probabilities."""
+    out = []
+    step = max(1, max_batch // max(1, particles))
+    for i in range(0, x.shape[0], step):
+        xs = x[i:i + step]
+        if particles == 0:
+            z_star = poutine.trace(model.model).get_trace(xs, None).nodes["z"]["fn"].mean
+            out.append(decode(model, xs, None, z=z_star)[0])
+        else:
+            with pyro.plate("particles", particles, dim=-2):
+                y_mean = poutine.trace(model.model).get_trace(xs, None).nodes[model.observed]["fn"].mean
+            out.append(y_mean.mean(0))
+    return torch.cat(out)
+
+
+def accuracy(model, x, labels, particles=0):
+    """Share of examples whose most probable class under `predict` is the true label."""
+    return (predict(model, x, particles).argmax(-1) == labels).float().mean().item()
+
+
+def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True,
+                 mc_particles=100, fidelity_samples=100, classifier=None, test_size=None):
     """Score a saved run on its test split and write RUN_DIR/eval.json; returns the dict.
 
-    Every number is in nats per example (natural log, higher is better)."""
+    Every log-likelihood is in nats per example (natural log, higher is better): log p(x) for vae,
+    log p(x|y) for cvae1/2/4, log p(y|x) for cvae3. cvae3 runs on labels also get `test_accuracy`
+    (at z* = mean of p(z|x)) and `test_accuracy_mc` (p(y|x,z) averaged over `mc_particles` draws
+    z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity` from `fidelity_samples` draws per class, scored
+    by the reference classifier (`classifier` path, or the data set's cached one; see classifier.py).
+    `test_size` scores only the first N test examples (stated in eval.json as `examples`)."""
     import time
     from pathlib import Path
 
@@ -107,6 +139,8 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, pro
         raise UserError(f"iw_samples must be positive, got {iw_samples}")
     model, config, data = load_run(run_dir, device)
     x, labels = data.splits["test"]
+    if test_size is not None:
+        x, labels = x[:test_size], labels[:test_size]
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
     log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
@@ -120,7 +154,17 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, pro
         "test_elbo": elbo.mean().item(),
         "test_log_likelihood": log_lik.mean().item(),
         "active_units": active_units(latent_means(model, *args)),
-        "seconds": time.perf_counter() - start,
     }
+    if model.observed == "y" and config.likelihood == "categorical":  # cvae3 as a classifier
+        result["test_accuracy"] = accuracy(model, x, labels)
+        result["test_accuracy_mc"] = accuracy(model, x, labels, particles=mc_particles)
+        result["mc_particles"] = mc_particles
+    if model.conditional and model.observed == "x" and fidelity_samples:
+        from .classifier import label_fidelity, reference_classifier
+
+        reference = reference_classifier(config.dataset, config.data_dir, device=x.device, path=classifier,
+                                         progress=progress)
+        result.update(label_fidelity(model, data, reference, per_class=fidelity_samples))
+    result["seconds"] = time.perf_counter() - start
     write_json(Path(run_dir) / "eval.json", result)
     return result
