@@ -72,12 +72,19 @@ def reference_classifier(dataset, data_dir=None, device="cpu", path=None, progre
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("dataset") != dataset:
             raise UserError(f"{path}: not a pyro-vae reference classifier for {dataset}; delete it to retrain")
         s = json.loads(state["settings"])
+        if any(s.get(k) != v for k, v in SETTINGS.items()):  # trained with other settings: retrain
+            return _train_and_save(dataset, data_dir, device, path, progress)
         net = MLP(s["in_dim"], s["hidden"], s["n_classes"]).to(device)
         net.load_state_dict(state["net"])
         net.eval()
         return {"net": net, "test_accuracy": state["test_accuracy"], "path": str(path)}
-    net, accuracy, s = train_classifier(dataset, data_dir, device, progress)
+    return _train_and_save(dataset, data_dir, device, path, progress)
+
+
+def _train_and_save(dataset, data_dir, device, path, progress):
     from .runs import atomic_write
+
+    net, accuracy, s = train_classifier(dataset, data_dir, device, progress)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "dataset": dataset, "settings": json.dumps(s),

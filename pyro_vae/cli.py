@@ -66,6 +66,34 @@ def parser():
                    help="(sample, example) pairs through the networks at once: bounds memory")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--test-size", type=positive_int, default=None, help="score only the first N test examples")
+    e.add_argument("--mc-particles", type=positive_int, default=100,
+                   help="cvae3: draws z ~ p(z|x) for the Monte Carlo accuracy")
+    e.add_argument("--fidelity-samples", type=positive_int, default=100,
+                   help="cvae1/2/4: samples per class scored by the reference classifier")
+    e.add_argument("--classifier", default=None,
+                   help="reference classifier file (default: ~/.cache/pyro-vae/classifiers/DATASET.pt, "
+                        "trained on first use)")
+
+    q = sub.add_parser("quadrants", help="quadrant completion (Sohn et al.): baseline, cvae3, hybrid",
+                       formatter_class=fmt)
+    q.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="data set")
+    q.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files (searched first)")
+    q.add_argument("--given", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
+                   help="numbers of given quadrants")
+    q.add_argument("--models", nargs="+", default=["baseline", "cvae3", "hybrid"],
+                   choices=["baseline", "cvae3", "hybrid"])
+    q.add_argument("--epochs", type=positive_int, default=5)
+    q.add_argument("--batch-size", type=positive_int, default=128)
+    q.add_argument("--lr", type=positive_float, default=1e-3)
+    q.add_argument("--z-dim", type=positive_int, default=32)
+    q.add_argument("--hidden", type=positive_int, default=256)
+    q.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the CVAE bound (1 - alpha: GSNN)")
+    q.add_argument("--iw-samples", type=positive_int, default=1000, help="K for -log p(y|x)")
+    q.add_argument("--test-size", type=positive_int, default=None, help="score only the first N test images")
+    q.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training images")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="runs/quadrants", help="folder for results.json, weights and figures")
 
     s = sub.add_parser("sample", help="a PNG grid of draws from a trained model", formatter_class=fmt)
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -92,10 +120,30 @@ def main(argv=None):
             run_dir = train(config, out=args.out, progress=not args.quiet)
             print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
-            result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet)
+            result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet,
+                                  mc_particles=args.mc_particles, fidelity_samples=args.fidelity_samples,
+                                  classifier=args.classifier, test_size=args.test_size)
             print(f"test ELBO {result['test_elbo']:.3f}, log-likelihood (K={result['iw_samples']}) "
                   f"{result['test_log_likelihood']:.3f} nats per example, {result['active_units']} active units; "
                   f"written to {args.run_dir}/eval.json")
+            if "test_accuracy" in result:
+                print(f"test accuracy {result['test_accuracy']:.4f} at z* = mean of p(z|x), "
+                      f"{result['test_accuracy_mc']:.4f} averaged over {result['mc_particles']} draws z ~ p(z|x)")
+            if "label_fidelity" in result:
+                print(f"label fidelity {result['label_fidelity']:.3f} (reference classifier test accuracy "
+                      f"{result['classifier_test_accuracy']:.4f})")
+        elif args.command == "quadrants":
+            from .quadrants import run_quadrants
+
+            if not 0 <= args.alpha <= 1:
+                raise UserError(f"alpha must be in [0, 1], got {args.alpha}")
+            rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,
+                                 args.batch_size, args.lr, args.z_dim, args.hidden, args.alpha, args.iw_samples,
+                                 args.test_size, args.train_size, args.seed, progress=True)
+            for r in rows:
+                print(f"{r['model']:8s} {r['given']} given: -log p(y|x) {r['nll_is']:.2f} (K={r['iw_samples']}), "
+                      f"10-particle -ELBO {r['neg_elbo_10']:.2f} nats per image")
+            print(f"results, weights and figures in {args.out}")
         elif args.command == "sample":
             path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device)
             print(f"samples: {path}")

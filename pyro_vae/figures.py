@@ -136,3 +136,34 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
     pyro.set_rng_seed(seed)
     out = Path(out) if out else Path(run_dir) / ("samples.png" if label is None else f"samples_label{label}.png")
     return sample_grid(model, data, out, n=n, label=label)
+
+
+def conditional_panels(models, data, path, per_class=8, seed=0):
+    """Class-conditional samples of several conditional models side by side, one panel per model,
+    one labelled row per class: mean images of p(x|z,y) with z ~ p(z|y).
+
+    `models` maps a title to a model that generates x given y (cvae1, cvae2, cvae4)."""
+    import pyro
+
+    from .classifier import conditional_samples
+
+    fig, axes = plt.subplots(1, len(models), figsize=(len(models) * (per_class * 0.42 + 0.4) + 1.0,
+                                                       data.n_classes * 0.42 + 0.8), squeeze=False)
+    h, w = data.shape
+    for ax, (title, model) in zip(axes[0], models.items()):
+        pyro.set_rng_seed(seed)
+        images, _ = conditional_samples(model, data, per_class)
+        images = images.detach().cpu().reshape(data.n_classes, per_class, h, w).numpy()
+        canvas = np.ones((data.n_classes * (h + 1) - 1, per_class * (w + 1) - 1))
+        for r in range(data.n_classes):
+            for c in range(per_class):
+                canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[r, c]
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([r * (h + 1) + h / 2 for r in range(data.n_classes)], data.classes, fontsize=8)
+        ax.tick_params(left=False)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
