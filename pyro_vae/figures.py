@@ -13,12 +13,13 @@ from .evaluate import active_units, decode, latent_means  # noqa: E402
 from .models import model_inputs  # noqa: E402
 
 
-def image_grid(images, shape, path, ncol, title=None, row_labels=None):
-    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
+def image_grid(images, shape, path, ncol, title=None, row_labels=None, separator=1.0):
+    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels.
+    `separator` is the grey level of the one-pixel lines between images (1 = black)."""
     images = images.detach().cpu().reshape(-1, *shape).numpy()
     nrow = -(-len(images) // ncol)
     h, w = shape
-    canvas = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1))
+    canvas = np.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), separator)
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
@@ -32,7 +33,7 @@ def image_grid(images, shape, path, ncol, title=None, row_labels=None):
         ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(pad=1.2)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
@@ -154,7 +155,7 @@ def conditional_panels(models, data, path, per_class=8, seed=0):
         pyro.set_rng_seed(seed)
         images, _ = conditional_samples(model, data, per_class)
         images = images.detach().cpu().reshape(data.n_classes, per_class, h, w).numpy()
-        canvas = np.ones((data.n_classes * (h + 1) - 1, per_class * (w + 1) - 1))
+        canvas = np.full((data.n_classes * (h + 1) - 1, per_class * (w + 1) - 1), 0.25)  # light grey lines
         for r in range(data.n_classes):
             for c in range(per_class):
                 canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[r, c]
@@ -163,7 +164,7 @@ def conditional_panels(models, data, path, per_class=8, seed=0):
         ax.set_yticks([r * (h + 1) + h / 2 for r in range(data.n_classes)], data.classes, fontsize=8)
         ax.tick_params(left=False)
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(pad=1.2)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -185,7 +185,7 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
         c = completions(model, x, samples)
         rows += list(c)
         labels += [name] if len(c) == 1 else [f"{name} z{i + 1}" for i in range(len(c))]
-    return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels,
+    return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, separator=0.25,
                       title=f"{data.name}: {n_given} quadrant{'s' if n_given > 1 else ''} given; "
                             f"completions = mean of p(y|x,z), z ~ p(z|x)")
 
