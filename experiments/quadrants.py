@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.quadrants import run_quadrants
+from pyro_vae.quadrants import redraw, run_quadrants
 
 HERE = Path(__file__).resolve().parent
 BUDGET = dict(epochs=5, batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=500, test_size=1000)
@@ -28,24 +28,34 @@ def main():
     p.add_argument("--epochs", type=int, default=BUDGET["epochs"])
     p.add_argument("--runs", default="runs/quadrants")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--redraw", action="store_true", help="redraw the figures and table from a finished run")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     budget = dict(BUDGET, epochs=args.epochs)
     started = time.time()
-    rows = run_quadrants(args.runs, dataset=args.dataset, **budget)
+    command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(a for a in sys.argv[1:] if a != "--redraw")
+    machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
+               f"{torch.get_num_threads()} thread), Python {platform.python_version()}, torch {torch.__version__}")
+    made = Path(args.runs) / "made_by.json"
+    if args.redraw:  # only the figures and the table, from the weights and numbers of a finished run
+        redraw(args.runs)
+        rows = json.loads((Path(args.runs) / "results.json").read_text())["rows"]
+        made_by = json.loads(made.read_text())
+    else:
+        rows = run_quadrants(args.runs, dataset=args.dataset, **budget)
+        made_by = {"command": command.strip(), "machine": machine, "minutes": round((time.time() - started) / 60),
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        made.write_text(json.dumps(made_by) + "\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for n in (1, 2, 3):
         shutil.copy(Path(args.runs) / f"completions-{n}.png", out / f"quadrants-{n}.png")
     by = {(r["model"], r["given"]): r for r in rows}
-    command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(sys.argv[1:])
-    machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
-               f"{torch.get_num_threads()} thread), Python {platform.python_version()}, torch {torch.__version__}")
     k, n_test = budget["iw_samples"], rows[0]["examples"]
     lines = [
         "# Quadrant completion (Sohn et al. 2015)", "",
-        f"Made by `{command.strip()}` on {machine}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{(time.time() - started) / 60:.0f} min. Results and weights: `{args.runs}/results.json`.", "",
+        f"Made by `{made_by['command']}` on {made_by['machine']}, {made_by['date']}, {made_by['minutes']} min. "
+        f"Results and weights: `{args.runs}/results.json`.", "",
         f"Data: binarized {args.dataset} (dynamic binarization for training, the fixed seeded binarization of the "
         f"first {n_test} test images for scoring). x = the given quadrants (1: bottom-left, 2: left half, "
         f"3: all but bottom-right), y = the hidden pixels. One model per number of given quadrants.", "",

@@ -186,8 +186,7 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
         rows += list(c)
         labels += [name] if len(c) == 1 else [f"{name} z{i + 1}" for i in range(len(c))]
     return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, separator=0.25,
-                      title=f"{data.name}: {n_given} quadrant{'s' if n_given > 1 else ''} given; "
-                            f"completions = mean of p(y|x,z), z ~ p(z|x)")
+                      title=f"{data.name}, {n_given} given: mean of p(y|x,z), z ~ p(z|x)")
 
 
 def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), models=MODELS, epochs=5,
@@ -220,3 +219,17 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
                     train_size=train_size, seed=seed)
     (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     return rows
+
+
+def redraw(out, data_dir=None):
+    """Redraw OUT/completions-<n>.png from the weights and settings a `run_quadrants` left in OUT."""
+    out = Path(out)
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    data = load_dataset(settings["dataset"], data_dir, "cpu", binarize=True, seed=settings["seed"])
+    for n in settings["given"]:
+        models = {}
+        for name in settings["models"]:
+            model, _ = build(name, n, data.x_dim, data.shape, settings["z_dim"], settings["hidden"], settings["alpha"])
+            model.load_state_dict(torch.load(out / f"{name}-{n}.pt", weights_only=True))
+            models[name] = model.eval()
+        completion_figure(models, data, n, out / f"completions-{n}.png")

@@ -276,7 +276,7 @@ def test_quadrant_models_score_only_hidden_pixels_and_gsnn_kl_cancels(digits):
 
 
 def test_run_quadrants_on_digits(tmp_path):
-    from pyro_vae.quadrants import run_quadrants
+    from pyro_vae.quadrants import redraw, run_quadrants
 
     rows = run_quadrants(tmp_path, dataset="digits", given=[2], epochs=3, z_dim=3, hidden=32, iw_samples=20,
                          test_size=100, progress=False)
@@ -287,3 +287,6 @@ def test_run_quadrants_on_digits(tmp_path):
         assert 0 < r["nll_is"] < 32 * math.log(2) + 1  # better than a coin per hidden pixel, after 3 epochs
         assert r["nll_is"] <= r["neg_elbo_10"] + 0.5
     assert (tmp_path / "completions-2.png").is_file() and (tmp_path / "results.json").is_file()
+    (tmp_path / "completions-2.png").unlink()
+    redraw(tmp_path)  # the figures again, from the saved weights
+    assert (tmp_path / "completions-2.png").is_file()
