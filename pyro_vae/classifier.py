@@ -60,17 +60,18 @@ def reference_classifier(dataset, data_dir=None, device="cpu", path=None, progre
 
     Returns a dict: `net` (eval mode, on `device`), `test_accuracy` on the real (grey) test
     split, and `path`. The file holds tensors and plain data only (loads with weights_only)."""
-    path = classifier_path(dataset) if path is None else path
     from pathlib import Path
 
-    path = Path(path)
+    cached = path is None
+    path = Path(classifier_path(dataset) if cached else path)
+    hint = "; delete it to retrain" if cached else ""
     if path.is_file():
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as e:
-            raise UserError(f"{path}: not a loadable classifier ({type(e).__name__}); delete it to retrain") from None
+            raise UserError(f"{path}: not a loadable classifier file ({type(e).__name__}){hint}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("dataset") != dataset:
-            raise UserError(f"{path}: not a pyro-vae reference classifier for {dataset}; delete it to retrain")
+            raise UserError(f"{path}: not a pyro-vae reference classifier for {dataset}{hint}")
         s = json.loads(state["settings"])
         if any(s.get(k) != v for k, v in SETTINGS.items()):  # trained with other settings: retrain
             return _train_and_save(dataset, data_dir, device, path, progress)

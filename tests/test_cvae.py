@@ -290,3 +290,13 @@ def test_run_quadrants_on_digits(tmp_path):
     (tmp_path / "completions-2.png").unlink()
     redraw(tmp_path)  # the figures again, from the saved weights
     assert (tmp_path / "completions-2.png").is_file()
+
+
+def test_bad_classifier_file_is_a_user_error(tmp_path):
+    from pyro_vae import UserError
+    from pyro_vae.classifier import reference_classifier
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="not a loadable classifier"):
+        reference_classifier("digits", path=bad, progress=False)
