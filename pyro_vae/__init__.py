@@ -16,9 +16,9 @@ from .errors import UserError
 from .evaluate import elbo_per_example, evaluate_run, importance_sampled, latent_means, log_weights
 from .figures import sample_run
 from .models import MODELS, build_model, model_inputs
-from .runs import Config, load_run
+from .runs import Config, load_run, read_metrics
 from .train import fit, make_elbo, train
 
 __all__ = ["Dataset", "download", "load_dataset", "UserError", "elbo_per_example", "evaluate_run",
            "importance_sampled", "latent_means", "log_weights", "sample_run", "MODELS", "build_model",
-           "model_inputs", "Config", "load_run", "fit", "make_elbo", "train"]
+           "model_inputs", "Config", "load_run", "read_metrics", "fit", "make_elbo", "train"]

@@ -34,16 +34,24 @@ def positive_float(text):
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default, except None: those options say in their help what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     t = sub.add_parser("train", help="train a model into a run directory", formatter_class=fmt)
     c = Config()
     t.add_argument("--model", default=c.model, choices=list(MODELS), help="model (see SPEC: vae, cvae1..cvae4)")
     t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
-    t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files (searched first)")
+    t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
+                   "~/.cache/pyro-vae, /usr/share/datasets")
     t.add_argument("--epochs", type=positive_int, default=None, help=PER_DATASET.format(100, 20))
     t.add_argument("--batch-size", type=positive_int, default=None, help=PER_DATASET.format(64, 256))
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
@@ -54,7 +62,7 @@ def parser():
     t.add_argument("--particles", type=positive_int, default=c.particles, help="ELBO particles per example")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
-    t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples")
+    t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -70,7 +78,7 @@ def parser():
     s = sub.add_parser("sample", help="a PNG grid of draws from a trained model", formatter_class=fmt)
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--n", type=positive_int, default=64, help="number of draws")
-    s.add_argument("--label", type=int, default=None, help="only this class (conditional models)")
+    s.add_argument("--label", type=int, default=None, help="only this class (conditional models; default: one row per class)")
     s.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
