@@ -8,6 +8,7 @@ from .errors import UserError
 from .evaluate import evaluate_run
 from .figures import sample_run
 from .models import MODELS
+from .parts import GUIDES, LIKELIHOODS, PRIORS
 from .runs import Config
 from .train import ELBOS, train
 
@@ -48,7 +49,8 @@ def parser():
 
     t = sub.add_parser("train", help="train a model into a run directory", formatter_class=fmt)
     c = Config()
-    t.add_argument("--model", default=c.model, choices=list(MODELS), help="model (see SPEC: vae, cvae1..cvae4)")
+    t.add_argument("--model", default=c.model, choices=list(MODELS),
+                   help="vae; cvae1..cvae4 (conditional VAEs); ae, dae (autoencoder baselines)")
     t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
     t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
                    "~/.cache/pyro-vae, /usr/share/datasets")
@@ -57,9 +59,21 @@ def parser():
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
     t.add_argument("--z-dim", type=positive_int, default=None, help=PER_DATASET.format(8, 50))
     t.add_argument("--hidden", type=positive_int, default=None, help=PER_DATASET.format(128, 400))
+    t.add_argument("--prior", choices=list(PRIORS), default=None,
+                   help="prior (default: conditional for cvae1/3/4, normal otherwise)")
+    t.add_argument("--guide", choices=list(GUIDES), default=None,
+                   help="guide q(z|.) (default: delta for ae/dae, diagonal otherwise)")
+    t.add_argument("--likelihood", choices=list(LIKELIHOODS), default=None,
+                   help="p(x|.) (default: categorical over y for cvae3, bernoulli otherwise; "
+                        "cbernoulli and normal train on grey pixels)")
     t.add_argument("--elbo", default=c.elbo, choices=list(ELBOS),
-                   help="objective: Trace_ELBO or TraceMeanField_ELBO (analytic KL)")
-    t.add_argument("--particles", type=positive_int, default=c.particles, help="ELBO particles per example")
+                   help="objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL) or the IWAE bound")
+    t.add_argument("--particles", type=positive_int, default=c.particles,
+                   help="ELBO particles per example (K of the IWAE bound)")
+    t.add_argument("--beta", type=positive_float, default=c.beta, help="KL weight (beta-VAE)")
+    t.add_argument("--warmup-epochs", type=int, default=c.warmup_epochs,
+                   help="ramp the KL weight linearly from 0 to beta over this many epochs")
+    t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
     t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
@@ -95,15 +109,18 @@ def main(argv=None):
         if args.command == "train":
             config = Config(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-                            elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
-                            train_size=args.train_size)
+                            likelihood=args.likelihood, prior=args.prior, guide=args.guide, elbo=args.elbo,
+                            particles=args.particles, beta=args.beta, warmup_epochs=args.warmup_epochs,
+                            jit=args.jit, device=args.device, seed=args.seed, train_size=args.train_size)
             run_dir = train(config, out=args.out, progress=not args.quiet)
             print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet)
-            print(f"test ELBO {result['test_elbo']:.3f}, log-likelihood (K={result['iw_samples']}) "
-                  f"{result['test_log_likelihood']:.3f} nats per example, {result['active_units']} active units; "
-                  f"written to {args.run_dir}/eval.json")
+            ll = result["test_log_likelihood"]
+            ll_text = (f"log-likelihood (K={result['iw_samples']}) {ll:.3f}" if ll is not None
+                       else "no log-likelihood (a delta guide has no density)")
+            print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example, "
+                  f"{result['active_units']} active units; written to {args.run_dir}/eval.json")
         elif args.command == "sample":
             path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device)
             print(f"samples: {path}")

@@ -109,18 +109,17 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, pro
     x, labels = data.splits["test"]
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
-    log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
-                                       max_batch=max_batch, progress=progress)
-    result = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "split": "test",
-        "examples": len(x),
-        "iw_samples": iw_samples,
-        "test_elbo": elbo.mean().item(),
-        "test_log_likelihood": log_lik.mean().item(),
-        "active_units": active_units(latent_means(model, *args)),
-        "seconds": time.perf_counter() - start,
-    }
+    result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,
+              "split": "test", "examples": len(x), "iw_samples": iw_samples}
+    if getattr(model.encoder, "has_density", True):
+        log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
+                                           max_batch=max_batch, progress=progress)
+        result.update(test_elbo=elbo.mean().item(), test_log_likelihood=log_lik.mean().item())
+    else:  # a point-mass guide: log p(x, z*) at the code, and no likelihood estimate
+        result.update(test_elbo=elbo_per_example(model.model, model.guide, *args).mean().item(),
+                      test_log_likelihood=None, iw_samples=0,
+                      note="delta guide: test_elbo is log p(x, z*) at the code z* = f(x); "
+                           "a point mass has no density, so there is no importance-sampled estimate")
+    result.update(active_units=active_units(latent_means(model, *args)), seconds=time.perf_counter() - start)
     write_json(Path(run_dir) / "eval.json", result)
     return result

@@ -43,8 +43,13 @@ class Config:
     z_dim: int = None
     hidden: int = None
     likelihood: str = None
+    prior: str = None
+    guide: str = None
     elbo: str = "trace"
     particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    jit: bool = False
     device: str = "auto"
     seed: int = 0
     train_size: int = None
@@ -60,11 +65,22 @@ class Config:
         c = Config(**filled)
         if c.likelihood is None:  # each model's own default, written out so config.json is complete
             c.likelihood = "categorical" if c.model == "cvae3" else "bernoulli"
+        if c.prior is None:
+            c.prior = "conditional" if c.model in ("cvae1", "cvae3", "cvae4") else "normal"
+        if c.guide is None:  # an autoencoder is the VAE with a point-mass guide
+            c.guide = "delta" if c.model in ("ae", "dae") else "diagonal"
+        if c.model in ("ae", "dae") and c.guide != "delta":
+            raise UserError(f"{c.model} is the autoencoder: its guide is delta, not {c.guide!r} (use --model vae)")
         for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
             if not isinstance(getattr(c, name), int) or getattr(c, name) <= 0:
                 raise UserError(f"{name} must be a positive whole number, got {getattr(c, name)!r}")
         if not c.lr > 0:
             raise UserError(f"lr must be positive, got {c.lr}")
+        if not c.beta > 0 or c.warmup_epochs < 0:
+            raise UserError(f"beta must be positive and warmup_epochs not negative, got {c.beta}, {c.warmup_epochs}")
+        if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
+            raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
+                            "objective; drop --jit or those")
         return c
 
     def to_dict(self):
@@ -162,7 +178,7 @@ def model_for(config, data):
     y_dim = data.n_classes
     x_dim = data.x_dim
     return build_model(config.model, x_dim, y_dim, z_dim=config.z_dim, hidden=config.hidden,
-                       likelihood=config.likelihood)
+                       likelihood=config.likelihood, prior=config.prior, guide=config.guide)
 
 
 def load_run(run_dir, device="auto"):
