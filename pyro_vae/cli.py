@@ -70,7 +70,7 @@ def parser():
                    help="clip the gradient's global norm to NORM (against divergence)")
     t.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue this run from its last checkpoint, with its own settings "
-                        "(only --epochs, a new total, --device and --data-dir may be given)")
+                        "(only --epochs, a new total, --device, --data-dir, and against divergence --lr and --clip-grad, may be given)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     e = sub.add_parser("evaluate", help="test ELBO, importance-sampled log-likelihood -> RUN_DIR/eval.json",
@@ -90,7 +90,7 @@ def parser():
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
-    p.train_parser = t  # main() reads its defaults to tell which settings a --resume was given
+    p.train_parser = t  # main() resets its defaults to tell which settings a --resume was given
     d = sub.add_parser("download", help="download an IDX data set, verifying checksums", formatter_class=fmt)
     d.add_argument("dataset", choices=[n for n in DATASETS if n != "digits"])
     d.add_argument("--dest", default=None, help="folder (default: the per-user cache, ~/.cache/pyro-vae/NAME)")
@@ -111,8 +111,9 @@ def main(argv=None):
         if args.command == "train":
             settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
             if args.resume:
-                # a setting left at its default is not "given"; the others must be resumable ones
-                given = {k: v for k, v in settings.items() if v != p.train_parser.get_default(k)}
+                # the settings on the command line (parsed again with no defaults) must be resumable ones
+                p.train_parser.set_defaults(**{k: None for k in TRAIN_SETTINGS})
+                given = {k: v for k, v in vars(p.parse_args(argv)).items() if k in TRAIN_SETTINGS and v is not None}
                 if args.out:
                     raise UserError("--resume writes into RUN_DIR itself: leave out --out")
                 run_dir = train(resume=args.resume, progress=not args.quiet,

@@ -130,7 +130,8 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, on_epoch=None, 
 
 
 # What `resume` may change: the rest comes from the run's config.json, or it would not be the same run.
-RESUMABLE = ("epochs", "device", "data_dir")
+# (A new lr or clip_grad, to get past a divergence, makes it differ from an uninterrupted run.)
+RESUMABLE = ("epochs", "device", "data_dir", "lr", "clip_grad")
 
 
 def train(config=None, out=None, progress=True, resume=None, **settings):
@@ -186,6 +187,8 @@ def _train(config, out, device, progress, resuming, stop):
         load_weights(model, state, run_dir / "checkpoint.pt")
         try:
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # the saved state carries the old rate
+                group["lr"] = config.lr
             history = json.loads(state["history"])
             set_rng_state(state["rng"])  # last: the model and data above drew from the generators
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -229,11 +232,11 @@ def _train(config, out, device, progress, resuming, stop):
             on_epoch=on_epoch, progress=progress, optimizer=optimizer, start_epoch=done,
             clip_grad=config.clip_grad)
     except Diverged as e:
-        hint = (f"lower --lr (now {config.lr:g})" +
-                (f" or --clip-grad (now {config.clip_grad:g})" if config.clip_grad else
-                 " or clip gradients with --clip-grad, e.g. --clip-grad 100"))
-        raise Diverged(f"{e}; kept the checkpoint of epoch {last_saved[0]} in {run_dir}/checkpoint.pt; "
-                       f"{hint}", e.epoch, e.step) from None
+        clip = config.clip_grad / 10 if config.clip_grad else 100
+        raise Diverged(f"{e}; kept the checkpoint of epoch {last_saved[0]} in {run_dir}/checkpoint.pt; continue "
+                       f"from it with a lower learning rate (--lr, now {config.lr:g}) or clipped gradients "
+                       f"(--clip-grad), e.g. pyro-vae train --resume {run_dir} --lr {config.lr / 10:g} "
+                       f"--clip-grad {clip:g}", e.epoch, e.step) from None
     except Interrupted:
         raise
     except KeyboardInterrupt:
