@@ -73,6 +73,13 @@ def loss_module(model, elbo):
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
+def backward(loss):
+    """loss.backward(); under DDP, which averages the processes' gradients, the loss is first
+    multiplied by their number, making the average their sum: the gradient of the whole batch's
+    loss, as one process computes it (the ELBO is a sum over examples, not a mean)."""
+    (loss * world_size() if world_size() > 1 else loss).backward()
+
+
 def model_device(model):
     return next(model.parameters()).device
 

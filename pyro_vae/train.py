@@ -88,9 +88,7 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, on_epoch=None, 
                 first_bad.clamp_(max=step)
                 break
             optimizer.zero_grad(set_to_none=True)
-            # DDP averages the processes' gradients; times `world` makes that their sum, the
-            # gradient of the whole batch's loss, as in one process
-            (loss * world if world > 1 else loss).backward()
+            distributed.backward(loss)  # loss.backward(), with DDP's average made the whole batch's gradient
             finite = torch.isfinite(loss)
             if clip_grad:
                 finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad))
