@@ -1,6 +1,7 @@
 """The `pyro-vae` command: train, evaluate, sample, download. Each calls the Python API."""
 
 import argparse
+import os
 import sys
 
 from .data import DATASETS, download
@@ -120,7 +121,8 @@ def main(argv=None):
                                 **{k: given.get(k) for k in sorted(set(given) | set(RESUMABLE))})
             else:
                 run_dir = train(Config(**settings), out=args.out, progress=not args.quiet)
-            print(f"run directory: {run_dir}")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
+                print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet)
             print(f"test ELBO {result['test_elbo']:.3f}, log-likelihood (K={result['iw_samples']}) "

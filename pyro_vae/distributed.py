@@ -69,8 +69,7 @@ def loss_module(model, elbo):
     if world_size() == 1:
         return module
     device_ids = [model_device(model)] if model_device(model).type == "cuda" else None
-    # buffers (a fixed prior's mean) never change: no need to broadcast them every step
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def backward(loss):
@@ -95,6 +94,14 @@ def all_min(tensor):
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return tensor
+
+
+def any_process(flag):
+    """Whether `flag` is true in any process (each must call this at the same point)."""
+    if world_size() == 1:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    return bool(all_sum(torch.tensor([int(flag)], device=device)).item())
 
 
 def broadcast(obj):

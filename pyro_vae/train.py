@@ -192,6 +192,8 @@ def _train(config, out, device, progress, resuming, stop):
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{run_dir}/checkpoint.pt is incomplete or from another version ({e})") from None
     done = state["epoch"] if state else 0
+    if done > config.epochs:
+        raise UserError(f"{run_dir} already has {done} epochs; --epochs is the new total, give more than {done}")
     # process 0 writes the run directory; the others learn its name (or its error) from it
     if distributed.rank() == 0:
         try:
@@ -258,9 +260,7 @@ def ctrl_c():
         flag = False
 
         def asked(self):
-            if distributed.world_size() > 1:  # every process must stop after the same epoch
-                return bool(distributed.all_sum(torch.tensor([int(self.flag)])).item())
-            return self.flag
+            return distributed.any_process(self.flag)  # every process must stop after the same epoch
 
     stop = Stop()
 

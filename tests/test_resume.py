@@ -56,6 +56,8 @@ def test_resume_from_the_cli(tmp_path, capsys):
     assert main(["train", *SMALL_ARGS, "--epochs", "1", "--out", run]) == 0
     assert main(["train", "--resume", run, "--epochs", "2", "--quiet"]) == 0
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
+    assert main(["train", "--resume", run, "--epochs", "1"]) == 2  # --epochs is the new total
+    assert "already has 2 epochs" in capsys.readouterr().err
     # a setting that would make it another run is refused
     assert main(["train", "--resume", run, "--z-dim", "3"]) == 2
     err = capsys.readouterr().err
