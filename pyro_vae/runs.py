@@ -87,7 +87,8 @@ class Config:
             raise UserError(f"val_size must be in (0, 1), got {c.val_size!r}")
         if c.train_size is not None and (not isinstance(c.train_size, int) or c.train_size <= 0):
             raise UserError(f"train_size must be a positive whole number, got {c.train_size!r}")
-        # cvae3's likelihood is over the label y, every other model's over the pixels x
+        # cvae3's likelihood is over y, every other model's over the pixels x; y is a one-hot class
+        # label (models.model_inputs), so for cvae3 it is categorical (relax when y can be pixels)
         if c.model == "cvae3" and c.likelihood != "categorical":
             raise UserError(f"cvae3 predicts the class label y: its likelihood must be categorical, "
                             f"not {c.likelihood!r}")

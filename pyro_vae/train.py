@@ -150,6 +150,9 @@ def train(config=None, out=None, progress=True, resume=None, **settings):
     owns_group = distributed.requested() and not torch.distributed.is_initialized()
     device = distributed.setup(resolve_device(config.device))
     try:
+        if config.batch_size < distributed.world_size():
+            raise UserError(f"--batch-size {config.batch_size} is smaller than the {distributed.world_size()} "
+                            f"processes that share each batch")
         with ctrl_c() as stop:
             return _train(config, out, device, progress and distributed.rank() == 0, resume is not None, stop)
     finally:

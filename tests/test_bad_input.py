@@ -17,7 +17,7 @@ from pyro_vae import Config, UserError, download, load_dataset, train
 from pyro_vae.cli import main
 from pyro_vae.data import read_idx
 from pyro_vae.models import build_model
-from pyro_vae.runs import CHECKPOINT_FORMAT, load_checkpoint, make_run_dir, save_checkpoint
+from pyro_vae.runs import load_checkpoint, make_run_dir, save_checkpoint
 
 SMALL = ["--hidden", "8", "--z-dim", "2", "--train-size", "64", "--epochs", "1", "--quiet", "--device", "cpu"]
 
