@@ -6,7 +6,8 @@
     models.py    vae, cvae1..cvae4 as model/guide pairs
     train.py     SVI with an ELBO from pyro.infer
     evaluate.py  importance-sampled log-likelihood, ELBO, active units
-    runs.py      run directories: config, metrics, checkpoints
+    runs.py      run directories: config, metrics, checkpoints (exact resume)
+    distributed.py  data-parallel training under torchrun (DDP around the ELBO)
     figures.py   samples, reconstructions, curves, latent space
     cli.py       the `pyro-vae` command
 """

@@ -1,6 +1,7 @@
 """The `pyro-vae` command: train, evaluate, sample, download. Each calls the Python API."""
 
 import argparse
+import os
 import sys
 
 from .data import DATASETS, download
@@ -10,7 +11,7 @@ from .figures import sample_run
 from .models import MODELS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
 from .runs import Config
-from .train import ELBOS, train
+from .train import ELBOS, RESUMABLE, train
 
 PER_DATASET = "per data set: digits {}, 28x28 sets {}"
 
@@ -42,8 +43,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
+    p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = HelpFormatter
 
@@ -78,6 +86,11 @@ def parser():
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
     t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")
+    t.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
+                   help="clip the gradient's global norm to NORM (against divergence)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue this run from its last checkpoint, with its own settings "
+                        "(only --epochs, a new total, --device, --data-dir, and against divergence --lr and --clip-grad, may be given)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     e = sub.add_parser("evaluate", help="test ELBO, importance-sampled log-likelihood -> RUN_DIR/eval.json",
@@ -97,23 +110,39 @@ def parser():
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
+    p.train_parser = t  # main() resets its defaults to tell which settings a --resume was given
     d = sub.add_parser("download", help="download an IDX data set, verifying checksums", formatter_class=fmt)
     d.add_argument("dataset", choices=[n for n in DATASETS if n != "digits"])
     d.add_argument("--dest", default=None, help="folder (default: the per-user cache, ~/.cache/pyro-vae/NAME)")
     return p
 
 
+TRAIN_SETTINGS = ["model", "dataset", "data_dir", "epochs", "batch_size", "lr", "z_dim", "hidden", "likelihood",
+                  "prior", "guide", "elbo", "particles", "beta", "warmup_epochs", "jit", "device", "seed",
+                  "train_size", "clip_grad"]
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # a bad argument (already reported in one line) or --help
+        return e.code
     try:
         if args.command == "train":
-            config = Config(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-                            likelihood=args.likelihood, prior=args.prior, guide=args.guide, elbo=args.elbo,
-                            particles=args.particles, beta=args.beta, warmup_epochs=args.warmup_epochs,
-                            jit=args.jit, device=args.device, seed=args.seed, train_size=args.train_size)
-            run_dir = train(config, out=args.out, progress=not args.quiet)
-            print(f"run directory: {run_dir}")
+            settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
+            if args.resume:
+                # the settings on the command line (parsed again with no defaults) must be resumable ones
+                p.train_parser.set_defaults(**{k: None for k in TRAIN_SETTINGS})
+                given = {k: v for k, v in vars(p.parse_args(argv)).items() if k in TRAIN_SETTINGS and v is not None}
+                if args.out:
+                    raise UserError("--resume writes into RUN_DIR itself: leave out --out")
+                run_dir = train(resume=args.resume, progress=not args.quiet,
+                                **{k: given.get(k) for k in sorted(set(given) | set(RESUMABLE))})
+            else:
+                run_dir = train(Config(**settings), out=args.out, progress=not args.quiet)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
+                print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet)
             ll = result["test_log_likelihood"]
@@ -129,8 +158,8 @@ def main(argv=None):
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train's Interrupted says which checkpoint was kept
+        print(f"pyro-vae: {e or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 
