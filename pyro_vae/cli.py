@@ -97,6 +97,7 @@ def parser():
                        formatter_class=fmt)
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--iw-samples", type=positive_int, default=5000, help="K, importance samples per example")
+    e.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images (default: all)")
     e.add_argument("--max-batch", type=positive_int, default=1 << 16,
                    help="(sample, example) pairs through the networks at once: bounds memory")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -144,7 +145,8 @@ def main(argv=None):
             if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
                 print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
-            result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet)
+            result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet,
+                                  examples=args.examples)
             ll = result["test_log_likelihood"]
             ll_text = (f"log-likelihood (K={result['iw_samples']}) {ll:.3f}" if ll is not None
                        else "no log-likelihood (a delta guide has no density)")

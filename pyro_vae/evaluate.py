@@ -92,10 +92,10 @@ def decode(model, *args, z=None):
     return trace.nodes[model.observed]["fn"].mean, trace.nodes["z"]["value"]
 
 
-def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True):
-    """Score a saved run on its test split and write RUN_DIR/eval.json; returns the dict.
-
-    Every number is in nats per example (natural log, higher is better)."""
+def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True, examples=None):
+    """Score a saved run on its test split (or its first `examples` images) and write
+    RUN_DIR/eval.json; returns the dict. Every number is in nats per example (natural log,
+    higher is better)."""
     import time
     from pathlib import Path
 
@@ -103,10 +103,10 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, pro
     from .models import model_inputs
     from .runs import load_run, write_json
 
-    if iw_samples <= 0:
-        raise UserError(f"iw_samples must be positive, got {iw_samples}")
+    if iw_samples <= 0 or (examples is not None and examples <= 0):
+        raise UserError(f"iw_samples and examples must be positive, got {iw_samples}, {examples}")
     model, config, data = load_run(run_dir, device)
-    x, labels = data.splits["test"]
+    x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
     result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,

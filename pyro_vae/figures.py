@@ -13,15 +13,23 @@ from .evaluate import active_units, decode, latent_means  # noqa: E402
 from .models import model_inputs  # noqa: E402
 
 
-def image_grid(images, shape, path, ncol, title=None, row_labels=None):
-    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
+def grid_canvas(images, shape, ncol):
+    """(N, H*W) images in [0, 1] tiled into one array, `ncol` per row, a 1-pixel white gap between."""
     images = images.detach().cpu().reshape(-1, *shape).numpy()
     nrow = -(-len(images) // ncol)
     h, w = shape
-    canvas = np.ones((nrow * (h + 1) - 1, ncol * (w + 1) - 1))
+    canvas = np.zeros((nrow * (h + 1) - 1, ncol * (w + 1) - 1))
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+    return canvas
+
+
+def image_grid(images, shape, path, ncol, title=None, row_labels=None):
+    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
+    canvas = grid_canvas(images, shape, ncol)
+    nrow = -(-len(images) // ncol)
+    h, w = shape
     fig, ax = plt.subplots(figsize=(ncol * 0.5 + 1.5, nrow * 0.5 + 0.9))  # half an inch per image
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
@@ -136,3 +144,36 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
     pyro.set_rng_seed(seed)
     out = Path(out) if out else Path(run_dir) / ("samples.png" if label is None else f"samples_label{label}.png")
     return sample_grid(model, data, out, n=n, label=label)
+
+
+def latent_space_comparison(models, data, path, n=3000, draws=64):
+    """One column per model (e.g. {"AE": ae, "VAE": vae}, each with z of 2 dims): the test set at
+    its codes E[z|x], coloured by label (top), and images decoded from z ~ N(0, I) (bottom).
+    The seeds' point: an AE's codes leave holes that N(0, I) draws fall into."""
+    x, labels = data.splits["test"]
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 10), squeeze=False)
+    for col, (name, model) in enumerate(models.items()):
+        model.eval()
+        args = model_inputs(model, x[:n], labels[:n], data.n_classes)
+        z = latent_means(model, *args).cpu()
+        ax = axes[0, col]
+        sc = ax.scatter(z[:, 0], z[:, 1], c=labels[:n].cpu(), cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+        ax.add_patch(plt.Circle((0, 0), 2, fill=False, ls="--", color="k", lw=1))
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(f"{name}: test codes E[z|x] (dashed: 2 sd of N(0, I))", fontsize=10)
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+        cbar = fig.colorbar(sc, ax=ax, ticks=range(data.n_classes))
+        cbar.ax.set_yticklabels(data.classes, fontsize=7)
+        device = next(model.parameters()).device
+        z_prior = torch.randn(draws, z.shape[1], generator=torch.Generator().manual_seed(0)).to(device)
+        means, _ = decode(model, *model_inputs(model, torch.zeros(draws, data.x_dim, device=device),
+                                               labels[:draws], data.n_classes), z=z_prior)
+        ax = axes[1, col]
+        ax.imshow(grid_canvas(means, data.shape, int(np.sqrt(draws))), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{name}: decoded z ~ N(0, I)", fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
