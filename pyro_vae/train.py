@@ -296,9 +296,10 @@ def _train(config, out, device, progress, resuming, stop):
                               f"in {run_dir}/checkpoint.pt; continue with: pyro-vae train --resume {run_dir}")
 
     try:
-        fit(model, data, config.epochs, config.batch_size, config.lr, make_elbo(config.elbo, config.particles, config.jit),
-            beta=config.beta, warmup_epochs=config.warmup_epochs, on_epoch=on_epoch, progress=progress, optimizer=optimizer, start_epoch=done,
-            clip_grad=config.clip_grad)
+        fit(model, data, config.epochs, config.batch_size, config.lr,
+            make_elbo(config.elbo, config.particles, config.jit), beta=config.beta,
+            warmup_epochs=config.warmup_epochs, on_epoch=on_epoch, progress=progress, optimizer=optimizer,
+            start_epoch=done, clip_grad=config.clip_grad)
     except Diverged as e:
         clip = config.clip_grad / 10 if config.clip_grad else 100
         raise Diverged(f"{e}; kept the checkpoint of epoch {last_saved[0]} in {run_dir}/checkpoint.pt; continue "
