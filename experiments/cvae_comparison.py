@@ -27,8 +27,8 @@ MODELS = ["vae", "cvae1", "cvae2", "cvae3", "cvae4"]
 # One architecture and budget per data set, the same for every variant. The Fashion-MNIST budget
 # is what finishes on one shared CPU thread in minutes, not a converged result.
 BUDGETS = {
-    "digits": dict(epochs=100, z_dim=8, hidden=128, batch_size=64, iw_samples=5000, test_size=None),
-    "fashion-mnist": dict(epochs=10, z_dim=20, hidden=200, batch_size=128, iw_samples=1000, test_size=2000),
+    "digits": dict(epochs=100, z_dim=8, hidden=128, batch_size=64, iw_samples=5000, examples=None),
+    "fashion-mnist": dict(epochs=10, z_dim=20, hidden=200, batch_size=128, iw_samples=1000, examples=2000),
 }
 BOUND_OF = {"vae": "log p(x)", "cvae1": r"log p(x\|y)", "cvae2": r"log p(x\|y)", "cvae3": r"log p(y\|x)",
             "cvae4": r"log p(x\|y)"}  # \| : a bar inside a markdown table cell
@@ -43,7 +43,7 @@ def run_variant(model, dataset, budget, runs):
                     hidden=budget["hidden"], batch_size=budget["batch_size"], device="cpu", seed=0)
     train(config, out=run_dir, progress=False)
     result = evaluate_run(run_dir, iw_samples=budget["iw_samples"], device="cpu", progress=False,
-                          test_size=budget["test_size"])
+                          examples=budget["examples"])
     return run_dir, result
 
 
@@ -110,7 +110,8 @@ def main():
                         f"(rows), per variant. vae is not conditional and cvae3 generates labels, not images.")
     command = "OMP_NUM_THREADS=1 python experiments/cvae_comparison.py " + " ".join(sys.argv[1:])
     machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
-               f"{torch.get_num_threads()} thread), Python {platform.python_version()}, torch {torch.__version__}")
+               f"{torch.get_num_threads()} thread, load average {os.getloadavg()[1]:.1f} over the last 5 min: other "
+               f"work slows the timings), Python {platform.python_version()}, torch {torch.__version__}")
     text = (f"# CVAE variants compared\n\nMade by `{command.strip()}` on {machine}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {(time.time() - started) / 60:.0f} min "
             f"(reused runs not counted).\n\nThe bounds are of different quantities: cvae1/2/4 bound log p(x|y), vae "

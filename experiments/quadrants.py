@@ -19,7 +19,7 @@ import torch
 from pyro_vae.quadrants import redraw, run_quadrants
 
 HERE = Path(__file__).resolve().parent
-BUDGET = dict(epochs=5, batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=500, test_size=1000)
+BUDGET = dict(epochs=5, batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=500, examples=1000)
 
 
 def main():
@@ -35,7 +35,8 @@ def main():
     started = time.time()
     command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(a for a in sys.argv[1:] if a != "--redraw")
     machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
-               f"{torch.get_num_threads()} thread), Python {platform.python_version()}, torch {torch.__version__}")
+               f"{torch.get_num_threads()} thread, load average {os.getloadavg()[1]:.1f} over the last 5 min: other "
+               f"work slows the timings), Python {platform.python_version()}, torch {torch.__version__}")
     made = Path(args.runs) / "made_by.json"
     if args.redraw:  # only the figures and the table, from the weights and numbers of a finished run
         redraw(args.runs)

@@ -8,7 +8,8 @@
     evaluate.py  importance-sampled log-likelihood, ELBO, active units, cvae3 prediction/accuracy
     classifier.py  the reference classifier and label fidelity of conditional samples
     quadrants.py   Sohn et al.'s quadrant completion: baseline, cvae3, hybrid CVAE+GSNN objective
-    runs.py      run directories: config, metrics, checkpoints
+    runs.py      run directories: config, metrics, checkpoints (exact resume)
+    distributed.py  data-parallel training under torchrun (DDP around the ELBO)
     figures.py   samples, reconstructions, curves, latent space
     cli.py       the `pyro-vae` command
 """
@@ -19,9 +20,9 @@ from .evaluate import (accuracy, elbo_per_example, evaluate_run, importance_samp
                        predict)
 from .figures import sample_run
 from .models import MODELS, build_model, model_inputs
-from .runs import Config, load_run
+from .runs import Config, load_run, read_metrics
 from .train import fit, make_elbo, train
 
 __all__ = ["accuracy", "predict", "Dataset", "download", "load_dataset", "UserError", "elbo_per_example", "evaluate_run",
            "importance_sampled", "latent_means", "log_weights", "sample_run", "MODELS", "build_model",
-           "model_inputs", "Config", "load_run", "fit", "make_elbo", "train"]
+           "model_inputs", "Config", "load_run", "read_metrics", "fit", "make_elbo", "train"]

@@ -1,6 +1,7 @@
 """The `pyro-vae` command: train, evaluate, sample, download. Each calls the Python API."""
 
 import argparse
+import os
 import sys
 
 from .data import DATASETS, download
@@ -8,8 +9,9 @@ from .errors import UserError
 from .evaluate import evaluate_run
 from .figures import sample_run
 from .models import MODELS
+from .parts import GUIDES, LIKELIHOODS, PRIORS
 from .runs import Config
-from .train import ELBOS, train
+from .train import ELBOS, RESUMABLE, train
 
 PER_DATASET = "per data set: digits {}, 28x28 sets {}"
 
@@ -34,39 +36,72 @@ def positive_float(text):
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default, except None: those options say in their help what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
+    p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     t = sub.add_parser("train", help="train a model into a run directory", formatter_class=fmt)
     c = Config()
-    t.add_argument("--model", default=c.model, choices=list(MODELS), help="model (see SPEC: vae, cvae1..cvae4)")
+    t.add_argument("--model", default=c.model, choices=list(MODELS),
+                   help="vae; cvae1..cvae4 (conditional VAEs); ae, dae (autoencoder baselines)")
     t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
-    t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files (searched first)")
+    t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
+                   "~/.cache/pyro-vae, /usr/share/datasets")
     t.add_argument("--epochs", type=positive_int, default=None, help=PER_DATASET.format(100, 20))
     t.add_argument("--batch-size", type=positive_int, default=None, help=PER_DATASET.format(64, 256))
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
     t.add_argument("--z-dim", type=positive_int, default=None, help=PER_DATASET.format(8, 50))
     t.add_argument("--hidden", type=positive_int, default=None, help=PER_DATASET.format(128, 400))
+    t.add_argument("--prior", choices=list(PRIORS), default=None,
+                   help="prior (default: conditional for cvae1/3/4, normal otherwise)")
+    t.add_argument("--guide", choices=list(GUIDES), default=None,
+                   help="guide q(z|.) (default: delta for ae/dae, diagonal otherwise)")
+    t.add_argument("--likelihood", choices=list(LIKELIHOODS), default=None,
+                   help="p(x|.) (default: categorical over y for cvae3, bernoulli otherwise; "
+                        "cbernoulli and normal train on grey pixels)")
     t.add_argument("--elbo", default=c.elbo, choices=list(ELBOS),
-                   help="objective: Trace_ELBO or TraceMeanField_ELBO (analytic KL)")
-    t.add_argument("--particles", type=positive_int, default=c.particles, help="ELBO particles per example")
+                   help="objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL) or the IWAE bound")
+    t.add_argument("--particles", type=positive_int, default=c.particles,
+                   help="ELBO particles per example (K of the IWAE bound)")
+    t.add_argument("--beta", type=positive_float, default=c.beta, help="KL weight (beta-VAE)")
+    t.add_argument("--warmup-epochs", type=int, default=c.warmup_epochs,
+                   help="ramp the KL weight linearly from 0 to beta over this many epochs")
+    t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
-    t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples")
+    t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")
+    t.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
+                   help="clip the gradient's global norm to NORM (against divergence)")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue this run from its last checkpoint, with its own settings "
+                        "(only --epochs, a new total, --device, --data-dir, and against divergence --lr and --clip-grad, may be given)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     e = sub.add_parser("evaluate", help="test ELBO, importance-sampled log-likelihood -> RUN_DIR/eval.json",
                        formatter_class=fmt)
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--iw-samples", type=positive_int, default=5000, help="K, importance samples per example")
+    e.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images (default: all)")
     e.add_argument("--max-batch", type=positive_int, default=1 << 16,
                    help="(sample, example) pairs through the networks at once: bounds memory")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.add_argument("--test-size", type=positive_int, default=None, help="score only the first N test examples")
     e.add_argument("--mc-particles", type=positive_int, default=100,
                    help="cvae3: draws z ~ p(z|x) for the Monte Carlo accuracy")
     e.add_argument("--fidelity-samples", type=positive_int, default=100,
@@ -90,7 +125,7 @@ def parser():
     q.add_argument("--hidden", type=positive_int, default=256)
     q.add_argument("--alpha", type=float, default=0.5, help="hybrid: weight of the CVAE bound (1 - alpha: GSNN)")
     q.add_argument("--iw-samples", type=positive_int, default=1000, help="K for -log p(y|x)")
-    q.add_argument("--test-size", type=positive_int, default=None, help="score only the first N test images")
+    q.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images")
     q.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training images")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default="runs/quadrants", help="folder for results.json, weights and figures")
@@ -98,34 +133,53 @@ def parser():
     s = sub.add_parser("sample", help="a PNG grid of draws from a trained model", formatter_class=fmt)
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--n", type=positive_int, default=64, help="number of draws")
-    s.add_argument("--label", type=int, default=None, help="only this class (conditional models)")
+    s.add_argument("--label", type=int, default=None, help="only this class (conditional models; default: one row per class)")
     s.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
+    p.train_parser = t  # main() resets its defaults to tell which settings a --resume was given
     d = sub.add_parser("download", help="download an IDX data set, verifying checksums", formatter_class=fmt)
     d.add_argument("dataset", choices=[n for n in DATASETS if n != "digits"])
     d.add_argument("--dest", default=None, help="folder (default: the per-user cache, ~/.cache/pyro-vae/NAME)")
     return p
 
 
+TRAIN_SETTINGS = ["model", "dataset", "data_dir", "epochs", "batch_size", "lr", "z_dim", "hidden", "likelihood",
+                  "prior", "guide", "elbo", "particles", "beta", "warmup_epochs", "jit", "device", "seed",
+                  "train_size", "clip_grad"]
+
+
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # a bad argument (already reported in one line) or --help
+        return e.code
     try:
         if args.command == "train":
-            config = Config(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                            batch_size=args.batch_size, lr=args.lr, z_dim=args.z_dim, hidden=args.hidden,
-                            elbo=args.elbo, particles=args.particles, device=args.device, seed=args.seed,
-                            train_size=args.train_size)
-            run_dir = train(config, out=args.out, progress=not args.quiet)
-            print(f"run directory: {run_dir}")
+            settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
+            if args.resume:
+                # the settings on the command line (parsed again with no defaults) must be resumable ones
+                p.train_parser.set_defaults(**{k: None for k in TRAIN_SETTINGS})
+                given = {k: v for k, v in vars(p.parse_args(argv)).items() if k in TRAIN_SETTINGS and v is not None}
+                if args.out:
+                    raise UserError("--resume writes into RUN_DIR itself: leave out --out")
+                run_dir = train(resume=args.resume, progress=not args.quiet,
+                                **{k: given.get(k) for k in sorted(set(given) | set(RESUMABLE))})
+            else:
+                run_dir = train(Config(**settings), out=args.out, progress=not args.quiet)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
+                print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet,
-                                  mc_particles=args.mc_particles, fidelity_samples=args.fidelity_samples,
-                                  classifier=args.classifier, test_size=args.test_size)
-            print(f"test ELBO {result['test_elbo']:.3f}, log-likelihood (K={result['iw_samples']}) "
-                  f"{result['test_log_likelihood']:.3f} nats per example, {result['active_units']} active units; "
-                  f"written to {args.run_dir}/eval.json")
+                                  examples=args.examples, mc_particles=args.mc_particles,
+                                  fidelity_samples=args.fidelity_samples, classifier=args.classifier)
+            ll = result["test_log_likelihood"]
+            ll_text = (f"log-likelihood (K={result['iw_samples']}) {ll:.3f}" if ll is not None
+                       else "no log-likelihood (a delta guide has no density)")
+            print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example, "
+                  f"{result['active_units']} active units; written to {args.run_dir}/eval.json")
             if "test_accuracy" in result:
                 print(f"test accuracy {result['test_accuracy']:.4f} at z* = mean of p(z|x), "
                       f"{result['test_accuracy_mc']:.4f} averaged over {result['mc_particles']} draws z ~ p(z|x)")
@@ -139,7 +193,7 @@ def main(argv=None):
                 raise UserError(f"alpha must be in [0, 1], got {args.alpha}")
             rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,
                                  args.batch_size, args.lr, args.z_dim, args.hidden, args.alpha, args.iw_samples,
-                                 args.test_size, args.train_size, args.seed, progress=True)
+                                 args.examples, args.train_size, args.seed, progress=True)
             for r in rows:
                 print(f"{r['model']:8s} {r['given']} given: -log p(y|x) {r['nll_is']:.2f} (K={r['iw_samples']}), "
                       f"10-particle -ELBO {r['neg_elbo_10']:.2f} nats per image")
@@ -152,8 +206,8 @@ def main(argv=None):
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train's Interrupted says which checkpoint was kept
+        print(f"pyro-vae: {e or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

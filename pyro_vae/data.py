@@ -11,10 +11,12 @@ run is scored on the same bits.
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,8 +122,8 @@ def read_idx(path, expected_dims):
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"{path}: not a readable gzip file ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:  # missing, truncated, bad CRC, corrupt deflate stream
+        raise UserError(f"{path}: not a readable gzip file ({e or type(e).__name__})") from None
     if len(raw) < 4:
         raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
@@ -132,7 +134,7 @@ def read_idx(path, expected_dims):
     if len(raw) < header:
         raise UserError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(dims))
+    size = math.prod(dims)  # exact: numpy's product of four 32-bit sizes could overflow
     if len(raw) - header != size:
         raise UserError(f"{path}: header says {'x'.join(map(str, dims))} = {size} bytes of data, "
                         f"file holds {len(raw) - header}")
@@ -146,6 +148,8 @@ def read_idx_split(name, split, data_dir=None):
     labels = read_idx(label_path, 1).astype(np.int64)
     if len(images) != len(labels):
         raise UserError(f"{image_path.parent}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0:
+        raise UserError(f"{image_path}: holds no images")
     if labels.max(initial=0) >= len(CLASS_NAMES[name]):
         raise UserError(f"{label_path}: label {labels.max()} out of range 0..{len(CLASS_NAMES[name]) - 1}")
     return images, labels
@@ -235,6 +239,9 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     else:
         x_train, y_train = read_idx_split(name, "train", data_dir)
         x_test, y_test = read_idx_split(name, "test", data_dir)
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise UserError(f"{name}: training images are {'x'.join(map(str, x_train.shape[1:]))}, "
+                            f"test images {'x'.join(map(str, x_test.shape[1:]))}")
         x_train, x_test = x_train.astype(np.float32) / 255.0, x_test.astype(np.float32) / 255.0
     if not 0 < val_size < 1:
         raise UserError(f"val_size must be in (0, 1), got {val_size}")

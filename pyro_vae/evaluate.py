@@ -118,16 +118,16 @@ def accuracy(model, x, labels, particles=0):
     return (predict(model, x, particles).argmax(-1) == labels).float().mean().item()
 
 
-def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True,
-                 mc_particles=100, fidelity_samples=100, classifier=None, test_size=None):
-    """Score a saved run on its test split and write RUN_DIR/eval.json; returns the dict.
+def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, progress=True, examples=None,
+                 mc_particles=100, fidelity_samples=100, classifier=None):
+    """Score a saved run on its test split (or its first `examples` images) and write
+    RUN_DIR/eval.json; returns the dict. Every number is in nats per example (natural log,
+    higher is better): log p(x) for vae, log p(x|y) for cvae1/2/4, log p(y|x) for cvae3.
 
-    Every log-likelihood is in nats per example (natural log, higher is better): log p(x) for vae,
-    log p(x|y) for cvae1/2/4, log p(y|x) for cvae3. cvae3 runs on labels also get `test_accuracy`
-    (at z* = mean of p(z|x)) and `test_accuracy_mc` (p(y|x,z) averaged over `mc_particles` draws
-    z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity` from `fidelity_samples` draws per class, scored
-    by the reference classifier (`classifier` path, or the data set's cached one; see classifier.py).
-    `test_size` scores only the first N test examples (stated in eval.json as `examples`)."""
+    cvae3 runs on labels also get `test_accuracy` (at z* = mean of p(z|x)) and `test_accuracy_mc`
+    (p(y|x,z) averaged over `mc_particles` draws z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity`
+    from `fidelity_samples` draws per class, scored by the reference classifier (`classifier`
+    path, or the data set's cached one; see classifier.py)."""
     import time
     from pathlib import Path
 
@@ -135,26 +135,24 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=1 << 16, pro
     from .models import model_inputs
     from .runs import load_run, write_json
 
-    if iw_samples <= 0:
-        raise UserError(f"iw_samples must be positive, got {iw_samples}")
+    if iw_samples <= 0 or (examples is not None and examples <= 0):
+        raise UserError(f"iw_samples and examples must be positive, got {iw_samples}, {examples}")
     model, config, data = load_run(run_dir, device)
-    x, labels = data.splits["test"]
-    if test_size is not None:
-        x, labels = x[:test_size], labels[:test_size]
+    x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
-    log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
-                                       max_batch=max_batch, progress=progress)
-    result = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "split": "test",
-        "examples": len(x),
-        "iw_samples": iw_samples,
-        "test_elbo": elbo.mean().item(),
-        "test_log_likelihood": log_lik.mean().item(),
-        "active_units": active_units(latent_means(model, *args)),
-    }
+    result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,
+              "split": "test", "examples": len(x), "iw_samples": iw_samples}
+    if getattr(model.encoder, "has_density", True):
+        log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
+                                           max_batch=max_batch, progress=progress)
+        result.update(test_elbo=elbo.mean().item(), test_log_likelihood=log_lik.mean().item())
+    else:  # a point-mass guide: log p(x, z*) at the code, and no likelihood estimate
+        result.update(test_elbo=elbo_per_example(model.model, model.guide, *args).mean().item(),
+                      test_log_likelihood=None, iw_samples=0,
+                      note="delta guide: test_elbo is log p(x, z*) at the code z* = f(x); "
+                           "a point mass has no density, so there is no importance-sampled estimate")
+    result.update(active_units=active_units(latent_means(model, *args)))
     if model.observed == "y" and config.likelihood == "categorical":  # cvae3 as a classifier
         result["test_accuracy"] = accuracy(model, x, labels)
         result["test_accuracy_mc"] = accuracy(model, x, labels, particles=mc_particles)

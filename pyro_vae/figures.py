@@ -13,16 +13,24 @@ from .evaluate import active_units, decode, latent_means  # noqa: E402
 from .models import model_inputs  # noqa: E402
 
 
-def image_grid(images, shape, path, ncol, title=None, row_labels=None, separator=1.0):
-    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels.
-    `separator` is the grey level of the one-pixel lines between images (1 = black)."""
+def grid_canvas(images, shape, ncol, gap=0.0):
+    """(N, H*W) images in [0, 1] tiled into one array, `ncol` per row, a 1-pixel gap between
+    (white by default; `gap` is its grey level, 1 = black, shown with cmap gray_r)."""
     images = images.detach().cpu().reshape(-1, *shape).numpy()
     nrow = -(-len(images) // ncol)
     h, w = shape
-    canvas = np.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), separator)
+    canvas = np.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), float(gap))
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+    return canvas
+
+
+def image_grid(images, shape, path, ncol, title=None, row_labels=None, gap=0.0):
+    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
+    canvas = grid_canvas(images, shape, ncol, gap)
+    nrow = -(-len(images) // ncol)
+    h, w = shape
     fig, ax = plt.subplots(figsize=(ncol * 0.5 + 1.5, nrow * 0.5 + 0.9))  # half an inch per image
     ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
@@ -33,7 +41,7 @@ def image_grid(images, shape, path, ncol, title=None, row_labels=None, separator
         ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout(pad=1.2)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
@@ -139,6 +147,39 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
     return sample_grid(model, data, out, n=n, label=label)
 
 
+def latent_space_comparison(models, data, path, n=3000, draws=64):
+    """One column per model (e.g. {"AE": ae, "VAE": vae}, each with z of 2 dims): the test set at
+    its codes E[z|x], coloured by label (top), and images decoded from z ~ N(0, I) (bottom).
+    The seeds' point: an AE's codes leave holes that N(0, I) draws fall into."""
+    x, labels = data.splits["test"]
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 10), squeeze=False)
+    for col, (name, model) in enumerate(models.items()):
+        model.eval()
+        args = model_inputs(model, x[:n], labels[:n], data.n_classes)
+        z = latent_means(model, *args).cpu()
+        ax = axes[0, col]
+        sc = ax.scatter(z[:, 0], z[:, 1], c=labels[:n].cpu(), cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+        ax.add_patch(plt.Circle((0, 0), 2, fill=False, ls="--", color="k", lw=1))
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(f"{name}: test codes E[z|x] (dashed: 2 sd of N(0, I))", fontsize=10)
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+        cbar = fig.colorbar(sc, ax=ax, ticks=range(data.n_classes))
+        cbar.ax.set_yticklabels(data.classes, fontsize=7)
+        device = next(model.parameters()).device
+        z_prior = torch.randn(draws, z.shape[1], generator=torch.Generator().manual_seed(0)).to(device)
+        means, _ = decode(model, *model_inputs(model, torch.zeros(draws, data.x_dim, device=device),
+                                               labels[:draws], data.n_classes), z=z_prior)
+        ax = axes[1, col]
+        ax.imshow(grid_canvas(means, data.shape, int(np.sqrt(draws))), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"{name}: decoded z ~ N(0, I)", fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def conditional_panels(models, data, path, per_class=8, seed=0):
     """Class-conditional samples of several conditional models side by side, one panel per model,
     one labelled row per class: mean images of p(x|z,y) with z ~ p(z|y).
@@ -154,12 +195,8 @@ def conditional_panels(models, data, path, per_class=8, seed=0):
     for ax, (title, model) in zip(axes[0], models.items()):
         pyro.set_rng_seed(seed)
         images, _ = conditional_samples(model, data, per_class)
-        images = images.detach().cpu().reshape(data.n_classes, per_class, h, w).numpy()
-        canvas = np.full((data.n_classes * (h + 1) - 1, per_class * (w + 1) - 1), 0.25)  # light grey lines
-        for r in range(data.n_classes):
-            for c in range(per_class):
-                canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[r, c]
-        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(grid_canvas(images, data.shape, per_class, gap=0.25), cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([r * (h + 1) + h / 2 for r in range(data.n_classes)], data.classes, fontsize=8)
         ax.tick_params(left=False)

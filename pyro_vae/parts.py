@@ -1,11 +1,23 @@
-"""The swappable parts of a model: priors p(z) or p(z|c), guides q(z|.), likelihoods p(x|.).
+"""The swappable parts of a model: priors, guides and likelihoods.
 
-Each part is an `nn.Module` whose forward returns a Pyro distribution over one example with
-event dim 1, so a model samples it inside its batch plate: `pyro.sample("z", prior(c))`.
-A part written in user code only has to follow that interface to plug in.
+Each part is an `nn.Module` whose forward returns a Pyro distribution over one example's
+variable with event dim 1, so a model samples it inside its batch plate:
+
+    prior:       prior(c) -> p(z|c)        c: the prior's conditioning input, or None
+    guide:       encoder(h) -> q(z|h)      h: what the guide sees (x, or x and y)
+    likelihood:  decoder(h) -> p(x|h)      h: what the decoder sees (z, or z and y)
+
+Each table below maps a name to a constructor with the same arguments as the others in its
+table; a constructor (or class) of your own with those arguments, or a built module, can be
+passed instead of a name:
+
+    prior:       Prior(z_dim, c_dim, hidden)     c_dim == 0 when the model gives it no input
+    guide:       Guide(in_dim, hidden, z_dim)
+    likelihood:  Decoder(in_dim, hidden, out_dim)
 """
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -13,11 +25,15 @@ from torch.nn import functional as F
 from .errors import UserError
 from .nets import MLP
 
+# --- priors -------------------------------------------------------------------------------
+
 
 class StandardNormal(nn.Module):
     """p(z) = N(0, I). Takes no conditioning input."""
 
-    def __init__(self, z_dim):
+    conditional = False
+
+    def __init__(self, z_dim, c_dim=0, hidden=0):
         super().__init__()
         self.register_buffer("loc", torch.zeros(z_dim))
 
@@ -25,9 +41,26 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
 
 
+class ClassMean(nn.Module):
+    """p(z|y) = N(mu_y, I) with a learned mean per class (seed 000: push mu towards mu_Y).
+    Its input is the one-hot label, so mu_y = M y."""
+
+    conditional = True
+
+    def __init__(self, z_dim, c_dim, hidden=0):
+        super().__init__()
+        self.means = nn.Linear(c_dim, z_dim, bias=False)
+
+    def forward(self, y):
+        loc = self.means(y)
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
 class GaussianNet(nn.Module):
-    """A diagonal Gaussian whose mean and scale an MLP reads off its input:
-    the guide q(z|x) or q(z|x,y), and the conditional prior p(z|c)."""
+    """A diagonal Gaussian whose mean and scale an MLP reads off its input: the guide q(z|x) or
+    q(z|x,y) (as Guide(in_dim, hidden, z_dim)), and the conditional prior network p(z|c)."""
+
+    conditional = True
 
     def __init__(self, in_dim, hidden, z_dim):
         super().__init__()
@@ -36,6 +69,112 @@ class GaussianNet(nn.Module):
     def forward(self, h):
         loc, raw_scale = self.net(h).chunk(2, dim=-1)
         return dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1)
+
+
+def conditional_gaussian(z_dim, c_dim, hidden):
+    return GaussianNet(c_dim, hidden, z_dim)
+
+
+class MixtureOfGaussians(nn.Module):
+    """p(z) = sum_k pi_k N(mu_k, diag sigma_k^2), every parameter learned."""
+
+    conditional = False
+
+    def __init__(self, z_dim, c_dim=0, hidden=0, components=10):
+        super().__init__()
+        self.locs = nn.Parameter(torch.randn(components, z_dim))
+        self.raw_scales = nn.Parameter(torch.zeros(components, z_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def forward(self, c=None):
+        parts = dist.Normal(self.locs, F.softplus(self.raw_scales) + 1e-3).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), parts)
+
+
+class VampPrior(nn.Module):
+    """p(z) = 1/K sum_k q(z|u_k): the guide's encoder applied to K learned pseudo-inputs
+    (Tomczak & Welling 2018). With a flow guide the components are its Gaussian base, which
+    keeps log p(z) a single pass. The model hands it the encoder with `attach`."""
+
+    conditional = False
+
+    def __init__(self, z_dim, c_dim=0, hidden=0, pseudo_inputs=50):
+        super().__init__()
+        self.pseudo_inputs = pseudo_inputs
+        self.encoder = None
+
+    def attach(self, encoder, in_dim):
+        # Not a submodule: the encoder's weights belong to the guide and are registered there.
+        self.__dict__["encoder"] = getattr(encoder, "base", encoder)
+        self.raw_u = nn.Parameter(0.1 * torch.randn(self.pseudo_inputs, in_dim))
+
+    def forward(self, c=None):
+        if self.encoder is None:
+            raise UserError("the VampPrior needs the guide's encoder: the model did not attach it")
+        q = self.encoder(torch.sigmoid(self.raw_u))  # pseudo-inputs live in [0, 1] like pixels
+        weights = dist.Categorical(logits=torch.zeros(self.pseudo_inputs, device=self.raw_u.device))
+        return dist.MixtureSameFamily(weights, q)
+
+
+PRIORS = {
+    "normal": StandardNormal,
+    "class-mean": ClassMean,
+    "conditional": conditional_gaussian,
+    "mog": MixtureOfGaussians,
+    "vamp": VampPrior,
+}
+
+# --- guides -------------------------------------------------------------------------------
+
+
+class LowRankGaussian(nn.Module):
+    """q(z|h) = N(mu, W W^T + diag d) with W of rank `rank`: correlated posteriors.
+    With rank = z_dim it is a full-covariance Gaussian."""
+
+    def __init__(self, in_dim, hidden, z_dim, rank=2):
+        super().__init__()
+        self.z_dim, self.rank = z_dim, rank
+        self.net = MLP(in_dim, hidden, z_dim * (2 + rank))
+
+    def forward(self, h):
+        out = self.net(h)
+        loc, raw_diag = out[..., : self.z_dim], out[..., self.z_dim: 2 * self.z_dim]
+        factor = out[..., 2 * self.z_dim:].reshape(*out.shape[:-1], self.z_dim, self.rank)
+        return dist.LowRankMultivariateNormal(loc, factor, F.softplus(raw_diag) + 1e-5)
+
+
+class FlowGuide(nn.Module):
+    """q(z|h): a diagonal Gaussian from the encoder network pushed through inverse
+    autoregressive flows (`pyro.distributions.transforms.affine_autoregressive`). Sampling
+    and the density of its own samples each take one pass."""
+
+    def __init__(self, in_dim, hidden, z_dim, flows=2):
+        super().__init__()
+        self.base = GaussianNet(in_dim, hidden, z_dim)
+        self.flows = nn.ModuleList([T.affine_autoregressive(z_dim, hidden_dims=[max(hidden, 2 * z_dim)])
+                                    for _ in range(flows)])
+
+    def forward(self, h):
+        return dist.TransformedDistribution(self.base(h), list(self.flows))
+
+
+class DeltaGuide(nn.Module):
+    """q(z|h) = delta(f(h)): a point mass, which makes the model an autoencoder. It has no
+    density, so no importance-sampled log-likelihood."""
+
+    has_density = False
+
+    def __init__(self, in_dim, hidden, z_dim):
+        super().__init__()
+        self.net = MLP(in_dim, hidden, z_dim)
+
+    def forward(self, h):
+        return dist.Delta(self.net(h), event_dim=1)
+
+
+GUIDES = {"diagonal": GaussianNet, "lowrank": LowRankGaussian, "iaf": FlowGuide, "delta": DeltaGuide}
+
+# --- likelihoods --------------------------------------------------------------------------
 
 
 class BernoulliDecoder(nn.Module):
@@ -49,6 +188,31 @@ class BernoulliDecoder(nn.Module):
         return dist.Bernoulli(logits=self.net(h)).to_event(1)
 
 
+class ContinuousBernoulliDecoder(BernoulliDecoder):
+    """p(x|h) = prod_i ContinuousBernoulli(x_i | logit_i(h)) (Loaiza-Ganem & Cunningham 2019):
+    a proper density on grey pixels in [0, 1]."""
+
+    def forward(self, h):
+        return dist.ContinuousBernoulli(logits=self.net(h)).to_event(1)
+
+
+class NormalDecoder(nn.Module):
+    """p(x|h) = N(sigmoid(mean(h)), sigma^2) per pixel; sigma learned per pixel, or fixed
+    when `scale` is given. A density on grey pixels: its log-likelihoods can be positive."""
+
+    def __init__(self, in_dim, hidden, out_dim, scale=None):
+        super().__init__()
+        self.net = MLP(in_dim, hidden, out_dim)
+        self.fixed_scale = scale
+        if scale is None:
+            self.raw_scale = nn.Parameter(torch.full((out_dim,), -1.0))
+
+    def forward(self, h):
+        loc = torch.sigmoid(self.net(h))
+        scale = self.fixed_scale if self.fixed_scale is not None else F.softplus(self.raw_scale) + 1e-3
+        return dist.Normal(loc, scale).to_event(1)
+
+
 class CategoricalDecoder(nn.Module):
     """p(y|h) = Categorical(softmax(logits(h))) over a one-hot y: a class label as the output."""
 
@@ -60,10 +224,22 @@ class CategoricalDecoder(nn.Module):
         return dist.OneHotCategorical(logits=self.net(h))
 
 
-LIKELIHOODS = {"bernoulli": BernoulliDecoder, "categorical": CategoricalDecoder}
+LIKELIHOODS = {
+    "bernoulli": BernoulliDecoder,
+    "cbernoulli": ContinuousBernoulliDecoder,
+    "normal": NormalDecoder,
+    "categorical": CategoricalDecoder,
+}
 
 
-def make_likelihood(name, in_dim, hidden, out_dim):
-    if name not in LIKELIHOODS:
-        raise UserError(f"unknown likelihood {name!r}; choose from {', '.join(LIKELIHOODS)}")
-    return LIKELIHOODS[name](in_dim, hidden, out_dim)
+def make_part(kind, table, choice, *args):
+    """A part from its name, a constructor or class of the table's signature, or a built module."""
+    if isinstance(choice, nn.Module):
+        return choice
+    if isinstance(choice, str):
+        if choice not in table:
+            raise UserError(f"unknown {kind} {choice!r}; choose from {', '.join(table)}")
+        return table[choice](*args)
+    if callable(choice):
+        return choice(*args)
+    raise UserError(f"a {kind} is a name, a constructor or an nn.Module, not {type(choice).__name__}")

@@ -151,12 +151,12 @@ def fit_quadrants(model, objective, data, epochs, batch_size=128, lr=1e-3):
 
 
 @torch.no_grad()
-def score(model, data, iw_samples=1000, test_size=None, max_batch=1 << 16):
+def score(model, data, iw_samples=1000, examples=None, max_batch=1 << 16):
     """-log p(y|x) importance-sampled with K = iw_samples draws from q(z|x,y) (exact for the
     baseline, K = 1) and the 10-particle negative ELBO, nats per test image, on the fixed
-    binarization of the (first `test_size`) test images."""
+    binarization of the (first `examples`) test images."""
     given = model.decoder.hidden.logical_not()
-    x, y = split(data.splits["test"][0][:test_size], given)
+    x, y = split(data.splits["test"][0][:examples], given)
     k = 1 if isinstance(model, Baseline) else iw_samples
     log_lik, _ = importance_sampled(model.model, model.guide, x, y, samples=k, max_batch=max_batch)
     elbo = elbo_per_example(model.model, model.guide, x, y, particles=10, max_batch=max_batch)
@@ -185,12 +185,12 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
         c = completions(model, x, samples)
         rows += list(c)
         labels += [name] if len(c) == 1 else [f"{name} z{i + 1}" for i in range(len(c))]
-    return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, separator=0.25,
+    return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, gap=0.25,
                       title=f"{data.name}, {n_given} given: mean of p(y|x,z), z ~ p(z|x)")
 
 
 def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), models=MODELS, epochs=5,
-                  batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=1000, test_size=None,
+                  batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=1000, examples=None,
                   train_size=None, seed=0, progress=True):
     """Train and score every (model, number of given quadrants); writes OUT/results.json, each
     model's weights (OUT/<model>-<n>.pt, tensors only) and OUT/completions-<n>.png. Returns the rows."""
@@ -207,7 +207,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
             model, objective = build(name, n, data.x_dim, data.shape, z_dim, hidden, alpha)
             seconds = fit_quadrants(model, objective, data, epochs, batch_size, lr)
             torch.save(model.state_dict(), out / f"{name}-{n}.pt")
-            row = {"model": name, "given": n, **score(model, data, iw_samples, test_size),
+            row = {"model": name, "given": n, **score(model, data, iw_samples, examples),
                    "seconds_per_epoch": sum(seconds) / len(seconds)}
             if progress:
                 print(json.dumps(row), flush=True)
@@ -215,7 +215,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
             trained[name] = model
         completion_figure(trained, data, n, out / f"completions-{n}.png")
     settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
-                    lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, test_size=test_size,
+                    lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
                     train_size=train_size, seed=seed)
     (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     return rows

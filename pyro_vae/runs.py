@@ -5,21 +5,27 @@
     RUN_DIR/checkpoint.pt   tensors and plain data only: loads with torch.load(weights_only=True)
 
 Every file is written to a temporary name and renamed, so a killed process leaves the last
-complete version behind.
+complete version behind. The checkpoint also holds the optimizer, every random number generator's
+state and the metrics history, so `train(resume=RUN_DIR)` continues exactly where it stopped.
 """
 
 import dataclasses
 import json
+import math
 import os
+import pickle
+import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import DATASETS
 from .errors import UserError
-from .models import build_model
+from .models import MODELS, build_model
+from .parts import LIKELIHOODS
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
 
@@ -43,28 +49,69 @@ class Config:
     z_dim: int = None
     hidden: int = None
     likelihood: str = None
+    prior: str = None
+    guide: str = None
     elbo: str = "trace"
     particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    jit: bool = False
     device: str = "auto"
     seed: int = 0
     train_size: int = None
     val_size: float = 0.1
+    clip_grad: float = None  # clip the gradient's global norm to this; None: no clipping
 
     def resolved(self):
         """A copy with the data set's defaults filled in and every value checked."""
-        if self.dataset not in DATASETS:
-            raise UserError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        from .train import ELBOS  # here, not at the top: train.py imports this module
+
+        for what, value, valid in [("model", self.model, MODELS), ("data set", self.dataset, DATASETS),
+                                   ("objective", self.elbo, ELBOS)]:
+            if value not in valid:
+                raise UserError(f"unknown {what} {value!r}; choose from {', '.join(valid)}")
+        if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
+            raise UserError(f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
         defaults = DEFAULTS["digits" if self.dataset == "digits" else "28x28"]
         filled = {k: defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k)
                   for k in self.to_dict()}
         c = Config(**filled)
         if c.likelihood is None:  # each model's own default, written out so config.json is complete
             c.likelihood = "categorical" if c.model == "cvae3" else "bernoulli"
+        if c.prior is None:
+            c.prior = "conditional" if c.model in ("cvae1", "cvae3", "cvae4") else "normal"
+        if c.guide is None:  # an autoencoder is the VAE with a point-mass guide
+            c.guide = "delta" if c.model in ("ae", "dae") else "diagonal"
+        if c.model in ("ae", "dae") and c.guide != "delta":
+            raise UserError(f"{c.model} is the autoencoder: its guide is delta, not {c.guide!r} (use --model vae)")
         for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
             if not isinstance(getattr(c, name), int) or getattr(c, name) <= 0:
                 raise UserError(f"{name} must be a positive whole number, got {getattr(c, name)!r}")
-        if not c.lr > 0:
-            raise UserError(f"lr must be positive, got {c.lr}")
+        for name in ("lr", "clip_grad"):
+            value = getattr(c, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise UserError(f"{name} must be a positive finite number, got {value!r}")
+        if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
+            raise UserError(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
+        if not 0 < c.val_size < 1:
+            raise UserError(f"val_size must be in (0, 1), got {c.val_size!r}")
+        if c.train_size is not None and (not isinstance(c.train_size, int) or c.train_size <= 0):
+            raise UserError(f"train_size must be a positive whole number, got {c.train_size!r}")
+        # cvae3's likelihood is over y, every other model's over the pixels x; y is a one-hot class
+        # label (models.model_inputs), so for cvae3 it is categorical (relax when y can be pixels)
+        if c.model == "cvae3" and c.likelihood != "categorical":
+            raise UserError(f"cvae3 predicts the class label y: its likelihood must be categorical, "
+                            f"not {c.likelihood!r}")
+        if c.model != "cvae3" and c.likelihood == "categorical":
+            raise UserError(f"{c.model} models pixels: the categorical likelihood (over a class label) "
+                            f"only fits cvae3; choose from "
+                            f"{', '.join(k for k in LIKELIHOODS if k != 'categorical')}")
+        if not c.beta > 0 or c.warmup_epochs < 0:
+            raise UserError(f"beta must be positive and warmup_epochs not negative, got {c.beta}, {c.warmup_epochs}")
+        if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
+            raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
+                            "objective; drop --jit or those")
         return c
 
     def to_dict(self):
@@ -132,24 +179,57 @@ def make_run_dir(out, config):
     return out
 
 
-def save_checkpoint(run_dir, model, optimizer, epoch, config):
+def rng_state():
+    """Every random number generator training draws from, as tensors and plain data (no pickle):
+    torch's CPU generator (batch order, dynamic binarization, Pyro's samples), CUDA's, numpy's
+    and Python's."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+def save_checkpoint(run_dir, model, optimizer, epoch, config, history=()):
+    """Write RUN_DIR/checkpoint.pt atomically: the state after `epoch` complete epochs."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config.to_dict()),
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "rng": rng_state(),
+        "history": json.dumps(list(history)),
     }
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path, device="cpu"):
+    """The checkpoint at `path` as a dict, loaded with weights_only=True: a file that carries a
+    pickled Python object (which could run code on loading) is refused."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}") from None
-    except Exception as e:  # pickled objects, truncated or foreign files
+    except pickle.UnpicklingError as e:  # what weights_only=True raises for a pickled object
+        what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line), "")
+        raise UserError(f"{path}: refused: it holds a pickled Python object, not only tensors and plain data "
+                        f"(loading it could run code){'; ' + what if what else ''}") from None
+    except Exception as e:  # truncated or foreign files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a loadable pyro-vae checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -157,12 +237,49 @@ def load_checkpoint(path, device="cpu"):
     return state
 
 
+# Settings that decide the model's shape and meaning: a checkpoint must agree with config.json on them.
+ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide")
+
+
+def check_checkpoint_config(state, config, path):
+    """Refuse a checkpoint written by a run of another model or configuration."""
+    try:
+        saved = json.loads(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: checkpoint has no readable configuration") from None
+    wrong = [f"{k} {saved.get(k)!r} (config.json: {getattr(config, k)!r})"
+             for k in ARCHITECTURE if saved.get(k) != getattr(config, k)]
+    if wrong:
+        raise UserError(f"{path} comes from another model or configuration: {', '.join(wrong)}")
+
+
+def load_weights(model, state, path):
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} does not fit the model in config.json "
+                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+
+
 def model_for(config, data):
     """The model a config describes, sized for the data set."""
     y_dim = data.n_classes
     x_dim = data.x_dim
     return build_model(config.model, x_dim, y_dim, z_dim=config.z_dim, hidden=config.hidden,
-                       likelihood=config.likelihood)
+                       likelihood=config.likelihood, prior=config.prior, guide=config.guide)
+
+
+def read_config(run_dir):
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, OSError) as e:
+        raise UserError(f"{run_dir}/config.json is not readable ({e})") from None
+    return Config.from_dict(saved).resolved()
 
 
 def load_run(run_dir, device="auto"):
@@ -170,19 +287,14 @@ def load_run(run_dir, device="auto"):
     from .data import load_dataset
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.json)")
-    config = Config.from_dict(json.loads((run_dir / "config.json").read_text())).resolved()
+    config = read_config(run_dir)
     device = resolve_device(device)
     state = load_checkpoint(run_dir / "checkpoint.pt", device)
+    check_checkpoint_config(state, config, run_dir / "checkpoint.pt")
     data = load_dataset(config.dataset, config.data_dir, device, binarize=binarizes(config),
                         val_size=config.val_size, seed=config.seed)
     model = model_for(config, data).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"{run_dir}/checkpoint.pt does not fit the model in config.json "
-                        f"({str(e).splitlines()[0]})") from None
+    load_weights(model, state, run_dir / "checkpoint.pt")
     model.eval()
     return model, config, data
 

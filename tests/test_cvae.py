@@ -279,7 +279,7 @@ def test_run_quadrants_on_digits(tmp_path):
     from pyro_vae.quadrants import redraw, run_quadrants
 
     rows = run_quadrants(tmp_path, dataset="digits", given=[2], epochs=3, z_dim=3, hidden=32, iw_samples=20,
-                         test_size=100, progress=False)
+                         examples=100, progress=False)
     by = {r["model"]: r for r in rows}
     assert set(by) == {"baseline", "cvae3", "hybrid"}
     assert by["baseline"]["nll_is"] == pytest.approx(by["baseline"]["neg_elbo_10"], abs=1e-3)  # no latent: exact

@@ -1,0 +1,273 @@
+"""Every bad input gets one line on stderr and a non-zero exit, never a traceback; the data
+reader raises only `UserError`s whatever bytes it is fed; a pickled checkpoint is refused."""
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyro_vae import Config, UserError, download, load_dataset, train
+from pyro_vae.cli import main
+from pyro_vae.data import read_idx
+from pyro_vae.models import build_model
+from pyro_vae.runs import load_checkpoint, make_run_dir, save_checkpoint
+
+SMALL = ["--hidden", "8", "--z-dim", "2", "--train-size", "64", "--epochs", "1", "--quiet", "--device", "cpu"]
+
+
+def one_line_error(capsys, argv, *needles, code=2):
+    """Run the CLI in-process; its stderr must be one `pyro-vae: error:` line holding every needle."""
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pyro-vae: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ---- names, combinations, sizes -------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, valid", [
+    ("--model", "vae9", "vae, cvae1, cvae2, cvae3, cvae4"),
+    ("--dataset", "cifar", "digits, mnist, fashion-mnist, kmnist"),
+    ("--elbo", "renyi", "trace, meanfield"),
+    ("--likelihood", "poisson", "bernoulli"),
+])
+def test_unknown_name_lists_the_valid_ones(capsys, option, value, valid):
+    err = one_line_error(capsys, ["train", option, value], value)
+    assert all(name in err for name in valid.split(", "))
+
+
+@pytest.mark.parametrize("setting, value, valid", [
+    ("model", "vae9", "cvae4"), ("dataset", "cifar", "kmnist"), ("elbo", "renyi", "meanfield"),
+    ("likelihood", "poisson", "bernoulli"),
+])
+def test_unknown_name_in_the_api_raises_user_error(tmp_path, setting, value, valid):
+    with pytest.raises(UserError, match=valid):
+        train(out=tmp_path / "run", **{setting: value})
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "cvae3", "--likelihood", "bernoulli"], "cvae3 predicts the class label"),
+    (["--model", "vae", "--likelihood", "categorical"], "only fits cvae3"),
+    (["--resume", "RUN", "--model", "cvae1"], "--resume"),
+])
+def test_impossible_combination(capsys, tmp_path, argv, needle):
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    one_line_error(capsys, ["train", *argv, *SMALL, "--out", str(tmp_path / "x")], needle)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--epochs", "0"), ("--batch-size", "-1"), ("--z-dim", "0"), ("--hidden", "0"), ("--particles", "0"),
+    ("--train-size", "0"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"), ("--clip-grad", "0"),
+    ("--epochs", "two"),
+])
+def test_non_positive_sizes_rates_and_epochs(capsys, option, value):
+    one_line_error(capsys, ["train", option, value], option)
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("epochs", 0), ("batch_size", -3), ("z_dim", 0), ("hidden", -1), ("lr", 0.0), ("lr", float("inf")),
+    ("clip_grad", -1.0), ("train_size", 0), ("seed", -1), ("val_size", 1.5),
+])
+def test_non_positive_settings_in_the_api(setting, value):
+    with pytest.raises(UserError, match=setting):
+        Config(**{setting: value}).resolved()
+
+
+def test_unknown_device(capsys):
+    one_line_error(capsys, ["train", "--device", "tpu", *SMALL[:-2]], "unknown device 'tpu'")
+
+
+# ---- data files ----------------------------------------------------------------------------
+
+def idx(array):
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx_set(folder, n=40, labels=None, damage=None):
+    """A tiny well-formed IDX data set (both splits) in `folder`; damage(name, bytes) may spoil a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte.gz": idx(rng.integers(0, 256, (n, 28, 28))),
+        "train-labels-idx1-ubyte.gz": idx(labels if labels is not None else rng.integers(0, 10, n)),
+        "t10k-images-idx3-ubyte.gz": idx(rng.integers(0, 256, (10, 28, 28))),
+        "t10k-labels-idx1-ubyte.gz": idx(rng.integers(0, 10, 10)),
+    }
+    for name, raw in files.items():
+        data = gzip.compress(raw, mtime=0)
+        (folder / name).write_bytes(damage(name, data) if damage else data)
+    return folder
+
+
+@pytest.fixture
+def no_other_data(monkeypatch, tmp_path):
+    """Only the folder a test names holds data: no cache, no PYRO_VAE_DATA."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+
+
+def spoil(target, how):
+    def damage(name, data):
+        if name != target:
+            return data
+        if how == "truncated":
+            return data[: len(data) // 2]
+        if how == "crc":  # the gzip trailer's CRC-32 no longer matches the contents
+            return data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:]
+        raw = gzip.decompress(data)
+        if how == "magic":
+            raw = b"\x00\x00\x08\x07" + raw[4:]
+        elif how == "length":
+            raw = raw[:-5]
+        return gzip.compress(raw, mtime=0)
+    return damage
+
+
+@pytest.mark.parametrize("how, needle", [
+    ("truncated", "not a readable gzip file"),
+    ("crc", "not a readable gzip file"),
+    ("magic", "bad IDX magic number"),
+    ("length", "bytes of data, file holds"),
+])
+def test_corrupt_data_file(capsys, tmp_path, no_other_data, how, needle):
+    folder = write_idx_set(tmp_path / "data", damage=spoil("train-images-idx3-ubyte.gz", how))
+    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL,
+                            "--out", str(tmp_path / "run")], needle, "train-images-idx3-ubyte.gz")
+
+
+def test_missing_data_file(capsys, tmp_path, no_other_data):
+    one_line_error(capsys, ["train", "--dataset", "kmnist", "--data-dir", str(tmp_path / "empty"), *SMALL],
+                   "kmnist: train split not found", "pyro-vae download kmnist")
+
+
+def test_label_out_of_range(capsys, tmp_path, no_other_data):
+    folder = write_idx_set(tmp_path / "data", labels=[3] * 39 + [12])
+    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL],
+                   "label 12 out of range 0..9")
+
+
+def test_download_checksum_mismatch(tmp_path):
+    mirror = write_idx_set(tmp_path / "mirror")  # well-formed files, but not the published ones
+    with pytest.raises(UserError, match="checksum mismatch"):
+        download("mnist", tmp_path / "dest", mirrors=[mirror.as_uri() + "/"], progress=False)
+    assert not list((tmp_path / "dest").iterdir())  # nothing half-downloaded is left looking complete
+
+
+def test_corrupt_data_file_from_a_fresh_process_has_no_traceback(tmp_path, no_other_data):
+    folder = write_idx_set(tmp_path / "data", damage=spoil("t10k-labels-idx1-ubyte.gz", "magic"))
+    done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--dataset", "fashion-mnist",
+                           "--data-dir", str(folder), *SMALL], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "bad IDX magic number" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(
+    st.binary(max_size=64),  # not gzip at all
+    st.binary(max_size=200).map(lambda b: gzip.compress(b, mtime=0)),  # gzip of junk
+    st.tuples(st.binary(max_size=40), st.integers(0, 3)).map(  # a plausible header, then junk
+        lambda t: gzip.compress(struct.pack(">HBB", 0, 8, t[1]) + t[0], mtime=0)),
+    st.tuples(st.integers(0, 400), st.integers(0, 10 ** 6)).map(  # a valid file, truncated or bit-flipped
+        lambda t: (lambda g: g[:t[0]] if t[1] % 2 else
+                   g[:t[0] % len(g)] + bytes([g[t[0] % len(g)] ^ (1 + t[1] % 255)]) + g[t[0] % len(g) + 1:])(
+            gzip.compress(idx(np.arange(60).reshape(3, 4, 5)), mtime=0))),
+))
+def test_idx_reader_fuzz_raises_only_user_errors(tmp_path, blob):
+    path = tmp_path / "fuzz.gz"
+    path.write_bytes(blob)
+    for dims in (1, 3):
+        try:
+            array = read_idx(path, dims)
+        except UserError as e:
+            assert str(e).count("\n") == 0
+        else:
+            assert array.dtype == np.uint8 and array.ndim == dims
+
+
+# ---- checkpoints and run directories -------------------------------------------------------
+
+def fake_run(folder, model="vae"):
+    """A run directory with config.json and an (untrained) checkpoint, without training."""
+    config = Config(model=model, hidden=8, z_dim=2, device="cpu").resolved()
+    data = load_dataset("digits")
+    net = build_model(model, data.x_dim, data.n_classes, z_dim=2, hidden=8, likelihood=config.likelihood)
+    run = make_run_dir(folder, config)
+    save_checkpoint(run, net, torch.optim.Adam(net.parameters()), 1, config, [])
+    return run
+
+
+def test_checkpoint_from_another_model(capsys, tmp_path):
+    vae, cvae1 = fake_run(tmp_path / "vae"), fake_run(tmp_path / "cvae1", "cvae1")
+    (cvae1 / "checkpoint.pt").write_bytes((vae / "checkpoint.pt").read_bytes())
+    one_line_error(capsys, ["evaluate", str(cvae1), "--iw-samples", "2", "--quiet"],
+                   "another model or configuration", "model 'vae' (config.json: 'cvae1')")
+    one_line_error(capsys, ["train", "--resume", str(cvae1), "--quiet"], "another model or configuration")
+
+
+def test_checkpoint_with_weights_of_another_shape(capsys, tmp_path):
+    run = fake_run(tmp_path / "run")
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["model"]["encoder.net.0.weight"] = torch.zeros(3, 3)
+    torch.save(state, run / "checkpoint.pt")
+    one_line_error(capsys, ["sample", str(run)], "does not fit the model in config.json")
+
+
+def test_truncated_checkpoint(capsys, tmp_path):
+    run = fake_run(tmp_path / "run")
+    raw = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(raw[: len(raw) // 2])
+    one_line_error(capsys, ["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not a loadable pyro-vae checkpoint")
+
+
+class Payload:
+    """Unpickling this would create a file: the proof that loading ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_checkpoint_is_refused(capsys, tmp_path):
+    run = fake_run(tmp_path / "run")
+    marker = tmp_path / "code-ran"
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["extra"] = Payload(str(marker))
+    torch.save(state, run / "checkpoint.pt")
+    one_line_error(capsys, ["evaluate", str(run), "--iw-samples", "2", "--quiet"], "refused", "pickled")
+    one_line_error(capsys, ["train", "--resume", str(run), "--quiet"], "refused")
+    assert not marker.exists()
+
+
+def test_output_directory_that_cannot_be_written(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    one_line_error(capsys, ["train", *SMALL, "--out", str(tmp_path / "a-file" / "run")], "cannot write the run directory")
+
+
+def test_resume_of_something_that_is_not_a_run(capsys, tmp_path):
+    one_line_error(capsys, ["train", "--resume", str(tmp_path)], "not a run directory")
+    (tmp_path / "config.json").write_text("{not json")
+    one_line_error(capsys, ["train", "--resume", str(tmp_path)], "config.json is not readable")
+
+
+def test_sample_label_out_of_range(capsys, tmp_path):
+    run = fake_run(tmp_path / "run", "cvae1")
+    one_line_error(capsys, ["sample", str(run), "--label", "12"], "label 12 out of range 0..9")
+
+
+def test_config_json_keeps_every_setting(tmp_path):
+    run = fake_run(tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["clip_grad"] is None
