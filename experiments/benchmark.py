@@ -2,7 +2,9 @@
 
 Both train the same networks (the hand-written copy starts from the same weights) on the same
 binarized Fashion-MNIST with the same Adam; the epochs alternate (one epoch of fit, then one of
-the hand-written loop, from fit's on_epoch hook) so both see the same machine load. The
+the hand-written loop, from fit's on_epoch hook) so both see the same machine load. A third
+copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
+show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
@@ -28,6 +30,7 @@ import time
 
 import pyro
 import torch
+from pyro.infer import SVI, Trace_ELBO
 from torch.nn import functional as F
 
 import pyro_vae
@@ -73,6 +76,16 @@ def fashion_mnist(device, train_size):
     return pyro_vae.load_dataset("fashion-mnist", device=device, train_size=train_size)
 
 
+def plain_svi_epoch(model, svi, data, batch_size):
+    """One epoch of Pyro's textbook loop: SVI.step with Trace_ELBO and pyro.optim.Adam, validation on."""
+    x_train, labels = data.splits["train"]
+    start = time.perf_counter()
+    total = 0.0
+    for idx in batches(len(x_train), batch_size, device=x_train.device):
+        total += svi.step(*pyro_vae.model_inputs(model, binarize(x_train[idx]), labels[idx], data.n_classes))
+    return time.perf_counter() - start, -total / len(x_train)
+
+
 def setup(args, name, batch_size):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = fashion_mnist(device, args.train_size)
@@ -88,6 +101,9 @@ def run_setting(args, name, batch_size):
     ref_opt = torch.optim.Adam(ref.parameters(), lr=args.lr)  # fit builds the same Adam for ours
     ref_times, ref_elbos, peaks = [], [], {"ours": 0, "hand": 0}
     cuda = device == "cuda"
+    plain = copy.deepcopy(ref)
+    svi = SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO(max_plate_nesting=1))
+    plain_times = []
 
     def on_epoch(metrics, optimizer):  # after each epoch of fit, one epoch of the reference loop
         if cuda:
@@ -98,6 +114,13 @@ def run_setting(args, name, batch_size):
         ref_elbos.append(elbo)
         if cuda:
             peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
+        if args.plain:
+            # ours and the plain copy register modules under the same names; fit steps its modules'
+            # own tensors, SVI steps the param store's, so each copy gets a fresh store in turn
+            pyro.clear_param_store()
+            plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
+            pyro.clear_param_store()
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
 
     history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, on_epoch=on_epoch, progress=False)
@@ -109,7 +132,9 @@ def run_setting(args, name, batch_size):
         peaks = {path: memory_probe(args, name, batch_size, path) for path in ("ours", "hand")}
     ours_s = statistics.median(h["seconds"] for h in history[1:])  # epoch 1 is the warm-up
     hand_s = statistics.median(ref_times[1:])
+    plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
+            "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
             "ours_elbo": history[-1]["train_elbo"], "hand_elbo": ref_elbos[-1],
             "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
             "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
@@ -164,6 +189,8 @@ def main():
     p.add_argument("--train-size", type=int, default=None, help="training examples (default: all 54k)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--no-plain", dest="plain", action="store_false",
+                   help="leave out the textbook SVI loop (Trace_ELBO, pyro.optim.Adam, validation on)")
     p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +201,7 @@ def main():
     print(machine())
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
-    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} "
+    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'plain s/ep':>10} {'ratio':>6} "
               f"{'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
@@ -182,12 +209,15 @@ def main():
         for batch_size in map(int, args.batches.split(",")):
             r = run_setting(args, name, batch_size)
             print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} "
+                  f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
             prefix = "" if name == "vae" else f"{name}_"
             summary[f"{prefix}ratio_b{batch_size}"] = round(r["ratio"], 4)
             summary[f"{prefix}ours_s_b{batch_size}"] = round(r["ours_s"], 4)
             summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)
+            if args.plain:
+                summary[f"{prefix}plain_ratio_b{batch_size}"] = round(r["plain_ratio"], 4)
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))
