@@ -47,16 +47,19 @@ def importance_sampled(model, guide, *args, samples=5000, max_batch=MAX_BATCH, p
     n = args[0].shape[0]
     per_chunk = max(1, min(n, max_batch // samples))  # examples per chunk
     particle_chunk = min(samples, max(1, max_batch // per_chunk))
-    log_lik, elbo = [], []
+    # Results go into preallocated tensors: small tensors kept from chunk to chunk, between the
+    # chunks' large temporaries, fragmented the CPU heap (peak RSS grew with the example count).
+    log_lik = torch.empty(n, device=args[0].device)
+    elbo = torch.empty(n, device=args[0].device)
     with tqdm(total=n, desc=f"log-likelihood (K={samples})", unit="ex", disable=None if progress else True) as bar:
         for start in range(0, n, per_chunk):
             chunk_args = [a[start:start + per_chunk] if torch.is_tensor(a) else a for a in args]
             w = torch.cat([log_weights(model, guide, *chunk_args, particles=min(particle_chunk, samples - k))
                            for k in range(0, samples, particle_chunk)])
-            log_lik.append(torch.logsumexp(w, 0) - math.log(samples))
-            elbo.append(w.mean(0))
-            bar.update(len(log_lik[-1]))
-    return torch.cat(log_lik), torch.cat(elbo)
+            log_lik[start:start + per_chunk] = torch.logsumexp(w, 0) - math.log(samples)
+            elbo[start:start + per_chunk] = w.mean(0)
+            bar.update(w.shape[1])
+    return log_lik, elbo
 
 
 @torch.no_grad()
