@@ -8,7 +8,7 @@ show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
-    python experiments/benchmark.py --quick    # a 6k subset, 3 epochs: about a minute
+    python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
 
 Prints a table (ratio: of the median epochs; min r: of the fastest epochs), then one JSON line (ratio_b64, ratio_b256 for vae; cvae2_ratio_b64, ...).
 Peak memory: on CUDA torch's peak allocation during the timed epochs; on the CPU the growth of
@@ -185,7 +185,7 @@ def machine():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="6k training examples, 3 epochs")
+    p.add_argument("--quick", action="store_true", help="4k training examples, 3 epochs")
     p.add_argument("--models", default="vae,cvae2")
     p.add_argument("--batches", default="64,256")
     p.add_argument("--epochs", type=int, default=6, help="per setting; the first is the warm-up")
@@ -200,7 +200,7 @@ def main():
     if args.probe:
         return probe(args)
     if args.quick:
-        args.train_size, args.epochs = args.train_size or 6000, 3
+        args.train_size, args.epochs = args.train_size or 4000, 3
     print(machine())
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
