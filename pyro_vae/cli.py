@@ -6,7 +6,7 @@ import sys
 
 from .data import DATASETS, download
 from .errors import UserError
-from .evaluate import evaluate_run
+from .evaluate import MAX_BATCH, evaluate_run
 from .figures import sample_run
 from .models import MODELS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
@@ -98,7 +98,7 @@ def parser():
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--iw-samples", type=positive_int, default=5000, help="K, importance samples per example")
     e.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images (default: all)")
-    e.add_argument("--max-batch", type=positive_int, default=1 << 16,
+    e.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
                    help="(sample, example) pairs through the networks at once: bounds memory")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

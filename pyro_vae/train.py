@@ -2,8 +2,17 @@
 
 The loss is the ELBO object's `differentiable_loss` of the model/guide pair (the PPL computes
 it; nothing here writes a loss by hand), minimised by one `torch.optim.Adam` over all the
-model's parameters. The epoch's loss is summed on the device and read once per epoch, so a GPU
-never waits on the host within an epoch.
+model's parameters. The epoch's loss is summed on the device and read once per epoch by this
+loop. (Pyro 1.9's ELBOs still read the device inside `differentiable_loss`: Trace_ELBO calls
+`.item()` on each site's log-prob sum, and every ELBO's `warn_if_nan` tests the loss on the host,
+so on a GPU each step synchronises once inside Pyro.)
+
+Speed (see experiments/benchmark.py): Pyro's validation (argument checks on every distribution,
+model/guide site matching, shape checks) costs up to ~10% of a small VAE's step on the CPU. It
+runs on the first step only, where it catches a malformed model/guide with Pyro's own message, and
+is off for the rest of training. `--jit` selects JitTrace_ELBO, but it is not the default: with
+torch 2.13's TorchScript executor it measured 2-4x slower than the plain ELBO here
+(experiments/jit_check.py), and torch.compile graph-breaks on Pyro's effect handlers.
 """
 
 import contextlib
@@ -30,6 +39,7 @@ from .evaluate import elbo_per_example
 from .models import model_inputs
 from .runs import (Config, binarizes, check_checkpoint_config, load_checkpoint, load_weights, make_run_dir,
                    model_for, read_config, resolve_device, save_checkpoint, set_rng_state, write_metrics)
+
 
 def iwae_bound(num_particles, **kwargs):
     """The IWAE bound (Burda et al.): Renyi's alpha = 0 with K vectorized particles."""
@@ -142,11 +152,14 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
             args = model_inputs(model, x, y, data.n_classes)
             optimizer.zero_grad(set_to_none=True)
             try:
-                if hasattr(elbo, "differentiable_loss"):
-                    loss = loss_fn(*args)
-                    distributed.backward(loss)  # loss.backward(), with DDP's average made the whole batch's gradient
-                else:  # RenyiELBO (the IWAE bound) only offers loss_and_grads
-                    loss = torch.tensor(elbo.loss_and_grads(model_fn, guide_fn, *args))
+                # Pyro's argument and support checks cost time on every step: run them on the first
+                # step of the run, which is enough to catch a malformed model or guide.
+                with pyro.validation_enabled(epoch == start_epoch + 1 and step == 0):
+                    if hasattr(elbo, "differentiable_loss"):
+                        loss = loss_fn(*args)
+                        distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
+                    else:  # RenyiELBO (the IWAE bound) only offers loss_and_grads
+                        loss = torch.tensor(elbo.loss_and_grads(model_fn, guide_fn, *args))
             except ValueError as e:  # Pyro's validation of a NaN/inf distribution parameter lands here
                 if not diverged(e):
                     raise
@@ -162,11 +175,12 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
             if progress and step % max(1, steps // 4) == 0:  # a few host reads per epoch, not one per step
                 bar.set_postfix_str(f"epoch {epoch} elbo {-total.item() * world / ((step + 1) * batch_size):.2f}")
         distributed.all_sum(total)
+        train_elbo = -total.item() / n  # the one host read of the epoch; on a GPU it waits for the last step
+        seconds = time.perf_counter() - start
         if distributed.all_min(first_bad).item() < steps:
             bar.close()
             raise Diverged(f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
                            f"step {first_bad.item() + 1} of {steps}", epoch, first_bad.item() + 1)
-        seconds = time.perf_counter() - start
         model.eval()
         try:
             val = elbo_per_example(model.model, model.guide,
@@ -175,7 +189,7 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
             if not diverged(e):
                 raise
             val = torch.tensor(float("nan"))
-        metrics = {"epoch": epoch, "train_elbo": -total.item() / n, "val_elbo": val.item(), "seconds": seconds}
+        metrics = {"epoch": epoch, "train_elbo": train_elbo, "val_elbo": val.item(), "seconds": seconds}
         if not math.isfinite(metrics["val_elbo"]):  # the epoch's last step broke the weights
             bar.close()
             raise Diverged(f"training diverged: the weights became NaN or infinite at epoch {epoch}, "

@@ -1,0 +1,231 @@
+"""How much does the PPL cost? pyro_vae.fit against a hand-written PyTorch loop, side by side.
+
+Both train the same networks (the hand-written copy starts from the same weights) on the same
+binarized Fashion-MNIST with the same Adam; the epochs alternate (one epoch of fit, then one of
+the hand-written loop, from fit's on_epoch hook) so both see the same machine load. A third
+copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
+show what fit's path saves; --no-plain leaves it out. The
+hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
+
+    python experiments/benchmark.py            # full training split, 6 epochs per setting
+    python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
+
+Prints a table (ratio: of the median epochs; min r: of the fastest epochs), then one JSON line (ratio_b64, ratio_b256 for vae; cvae2_ratio_b64, ...).
+Peak memory: on CUDA torch's peak allocation during the timed epochs; on the CPU the growth of
+peak RSS (VmHWM, reset after loading the data) in a fresh process that runs 30 steps of one path (one process per path, so the two
+paths' allocations do not mix).
+"""
+
+import argparse
+import copy
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch.nn import functional as F
+
+import pyro_vae
+from pyro_vae.data import batches, binarize
+from pyro_vae.nets import cat
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def hand_written_loss(model, x, y=None):
+    """-ELBO summed over the batch, written by hand on the model's own networks (vae, cvae2)."""
+    loc, raw_scale = model.encoder.net(x if y is None else cat(x, y)).chunk(2, dim=-1)
+    scale = F.softplus(raw_scale) + 1e-5
+    z = loc + scale * torch.randn_like(loc)  # reparameterised sample
+    logits = model.decoder.net(z if y is None else cat(z, y))
+    log_lik = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * LOG_2PI).sum(-1)
+    log_p = (-0.5 * z ** 2 - 0.5 * LOG_2PI).sum(-1)
+    return -(log_lik + log_p - log_q).sum()
+
+
+def hand_written_epoch(model, optimizer, data, batch_size, steps=None):
+    """One epoch of the reference loop; returns (seconds, train ELBO per example)."""
+    x_train, labels = data.splits["train"]
+    start = time.perf_counter()
+    total = torch.zeros((), device=x_train.device)
+    for step, idx in enumerate(batches(len(x_train), batch_size, device=x_train.device)):
+        if steps is not None and step == steps:
+            break
+        x = binarize(x_train[idx])
+        y = F.one_hot(labels[idx], data.n_classes).to(x.dtype) if model.conditional else None
+        loss = hand_written_loss(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    elbo = -total.item() / len(x_train)  # waits for the device, like fit's one read per epoch
+    return time.perf_counter() - start, elbo
+
+
+@functools.cache
+def fashion_mnist(device, train_size):
+    return pyro_vae.load_dataset("fashion-mnist", device=device, train_size=train_size)
+
+
+def plain_svi_epoch(model, svi, data, batch_size):
+    """One epoch of Pyro's textbook loop: SVI.step with Trace_ELBO and pyro.optim.Adam, validation on."""
+    x_train, labels = data.splits["train"]
+    start = time.perf_counter()
+    total = 0.0
+    for idx in batches(len(x_train), batch_size, device=x_train.device):
+        total += svi.step(*pyro_vae.model_inputs(model, binarize(x_train[idx]), labels[idx], data.n_classes))
+    return time.perf_counter() - start, -total / len(x_train)
+
+
+def setup(args, name, batch_size):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = fashion_mnist(device, args.train_size)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    ours = pyro_vae.build_model(name, data.x_dim, data.n_classes, z_dim=50, hidden=400).to(device)
+    ref = copy.deepcopy(ours)  # the same initial weights
+    return device, data, ours, ref
+
+
+def run_setting(args, name, batch_size):
+    device, data, ours, ref = setup(args, name, batch_size)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=args.lr)  # fit builds the same Adam for ours
+    ref_times, ref_elbos, peaks = [], [], {"ours": 0, "hand": 0}
+    cuda = device == "cuda"
+    plain = copy.deepcopy(ref)
+    svi = SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO(max_plate_nesting=1))
+    plain_times = []
+
+    def on_epoch(metrics, optimizer):  # after each epoch of fit, one epoch of the reference loop
+        if cuda:
+            peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        seconds, elbo = hand_written_epoch(ref, ref_opt, data, batch_size)
+        ref_times.append(seconds)
+        ref_elbos.append(elbo)
+        if cuda:
+            peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
+        if args.plain:
+            # ours and the plain copy register modules under the same names; fit steps its modules'
+            # own tensors, SVI steps the param store's, so each copy gets a fresh store in turn
+            pyro.clear_param_store()
+            plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
+            pyro.clear_param_store()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, on_epoch=on_epoch, progress=False)
+    x_val, y_val = data.splits["val"]
+    ref.eval()
+    ref_val = pyro_vae.elbo_per_example(ref.model, ref.guide,
+                                        *pyro_vae.model_inputs(ref, x_val, y_val, data.n_classes)).mean().item()
+    if not cuda:
+        peaks = {path: memory_probe(args, name, batch_size, path) for path in ("ours", "hand")}
+    ours_s = statistics.median(h["seconds"] for h in history[1:])  # epoch 1 is the warm-up
+    hand_s = statistics.median(ref_times[1:])
+    plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
+    # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
+    min_ratio = min(h["seconds"] for h in history[1:]) / min(ref_times[1:])
+    return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
+            "min_ratio": min_ratio,
+            "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
+            "ours_elbo": history[-1]["train_elbo"], "hand_elbo": ref_elbos[-1],
+            "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
+            "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
+            "steps_per_epoch": -(-len(data.splits["train"][0]) // batch_size)}
+
+
+def memory_probe(args, name, batch_size, path):
+    """Peak-RSS growth (bytes) of 30 training steps of one path, in a fresh process."""
+    cmd = [sys.executable, __file__, "--probe", path, name, str(batch_size), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def probe(args):
+    path, name, batch_size = args.probe[0], args.probe[1], int(args.probe[2])
+    args.train_size = 30 * batch_size  # 30 steps
+    device, data, ours, ref = setup(args, name, batch_size)
+    data.splits["val"] = tuple(t[:batch_size] for t in data.splits["val"])  # fit's validation pass: not training memory
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) left by loading the data set
+    before = proc_status("VmRSS")
+    if path == "ours":
+        pyro_vae.fit(ours, data, 1, batch_size, args.lr, progress=False)
+    else:
+        hand_written_epoch(ref, torch.optim.Adam(ref.parameters(), lr=args.lr), data, batch_size)
+    print(proc_status("VmHWM") - before)
+
+
+def proc_status(field):
+    """A memory field of /proc/self/status, in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"cpu: {cpu}, {os.cpu_count()} cores; gpu: {gpu}; torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads); pyro {pyro.__version__}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4k training examples, 3 epochs")
+    p.add_argument("--models", default="vae,cvae2")
+    p.add_argument("--batches", default="64,256")
+    p.add_argument("--epochs", type=int, default=6, help="per setting; the first is the warm-up")
+    p.add_argument("--train-size", type=int, default=None, help="training examples (default: all 54k)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--no-plain", dest="plain", action="store_false",
+                   help="leave out the textbook SVI loop (Trace_ELBO, pyro.optim.Adam, validation on)")
+    p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.probe:
+        return probe(args)
+    if args.quick:
+        args.train_size, args.epochs = args.train_size or 4000, 3
+    print(machine())
+    print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
+          f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
+    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'plain s/ep':>10} {'ratio':>6} "
+              f"{'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
+    print(header)
+    summary = {}
+    for name in args.models.split(","):
+        for batch_size in map(int, args.batches.split(",")):
+            r = run_setting(args, name, batch_size)
+            print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} {r['min_ratio']:6.3f} "
+                  f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} "
+                  f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
+                  f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
+            prefix = "" if name == "vae" else f"{name}_"
+            summary[f"{prefix}ratio_b{batch_size}"] = round(r["ratio"], 4)
+            summary[f"{prefix}min_ratio_b{batch_size}"] = round(r["min_ratio"], 4)
+            summary[f"{prefix}ours_s_b{batch_size}"] = round(r["ours_s"], 4)
+            summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)
+            if args.plain:
+                summary[f"{prefix}plain_ratio_b{batch_size}"] = round(r["plain_ratio"], 4)
+    summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    summary["threads"] = torch.get_num_threads()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
