@@ -79,6 +79,9 @@ def main():
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in rows],
         "",
+        *([f"The machine was shared with other jobs during this run (load average {os.getloadavg()[1]:.1f} on "
+           f"{os.cpu_count()} cores), so the seconds are inflated; for speed see benchmark.md, which times "
+           "the package against a hand-written loop side by side.", ""] if os.getloadavg()[1] > os.cpu_count() else []),
         "Figures: [samples](vae_fashion_mnist_samples.png), "
         "[reconstructions](vae_fashion_mnist_reconstructions.png), "
         "[ELBO curves](vae_fashion_mnist_elbo.png), [latent space](vae_fashion_mnist_latent.png).",
