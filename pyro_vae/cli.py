@@ -50,6 +50,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
 
 
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def parser():
     p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -78,7 +88,8 @@ def parser():
                    help="objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL) or the IWAE bound")
     t.add_argument("--particles", type=positive_int, default=c.particles,
                    help="ELBO particles per example (K of the IWAE bound)")
-    t.add_argument("--beta", type=positive_float, default=c.beta, help="KL weight (beta-VAE)")
+    t.add_argument("--beta", type=non_negative_float, default=c.beta,
+                   help="KL weight (beta-VAE); with --model ae, 0 drops the prior term: a plain autoencoder")
     t.add_argument("--warmup-epochs", type=int, default=c.warmup_epochs,
                    help="ramp the KL weight linearly from 0 to beta over this many epochs")
     t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")

@@ -107,8 +107,8 @@ class Config:
             raise UserError(f"{c.model} models pixels: the categorical likelihood (over a class label) "
                             f"only fits cvae3; choose from "
                             f"{', '.join(k for k in LIKELIHOODS if k != 'categorical')}")
-        if not c.beta > 0 or c.warmup_epochs < 0:
-            raise UserError(f"beta must be positive and warmup_epochs not negative, got {c.beta}, {c.warmup_epochs}")
+        if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
+            raise UserError(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
         if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
             raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
                             "objective; drop --jit or those")

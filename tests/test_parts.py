@@ -215,3 +215,17 @@ def test_user_prior_and_guide_train_through_the_same_api():
             build_model("vae", data.x_dim, z_dim=4, hidden=32, prior=LaplacePrior)
     finally:
         LaplacePrior.conditional = False
+
+
+def test_autoencoder_with_beta_zero_is_trained_on_reconstruction_alone():
+    torch.manual_seed(0)
+    model = build_model("ae", x_dim=10, z_dim=2, hidden=8)
+    x = torch.bernoulli(torch.full((6, 10), 0.3))
+    scale = ScaleLatents(0.0)
+    loss = make_elbo("trace").differentiable_loss(scale(model.model), scale(model.guide), x)
+    code = model.encoder.net(x)  # the delta guide's point z* = f(x)
+    recon = torch.distributions.Bernoulli(logits=model.decoder.net(code)).log_prob(x).sum()
+    assert torch.allclose(-loss, recon, atol=1e-5)
+    assert Config(model="ae", beta=0.0).resolved().beta == 0.0
+    with pytest.raises(UserError, match="must not be negative"):
+        Config(beta=-1.0).resolved()
