@@ -15,7 +15,6 @@ of the Gaussian stochastic neural network that is trained the way it predicts.
 """
 
 import json
-import time
 from pathlib import Path
 
 import pyro
@@ -24,11 +23,12 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from .data import batches, binarize, load_dataset
+from .data import load_dataset
 from .errors import UserError
 from .evaluate import elbo_per_example, importance_sampled
 from .models import CVAE3
 from .parts import BernoulliDecoder
+from .train import fit
 
 
 def given_mask(n_given, shape=(28, 28)):
@@ -132,22 +132,12 @@ def build(name, n_given, x_dim=784, shape=(28, 28), z_dim=32, hidden=256, alpha=
 
 
 def fit_quadrants(model, objective, data, epochs, batch_size=128, lr=1e-3):
-    """Adam on the objective's loss over dynamically binarized training images; seconds per epoch."""
+    """`fit` on the objective, each dynamically binarized image split into (given x, hidden y);
+    returns the seconds of each epoch."""
     given = model.decoder.hidden.logical_not()
-    images = data.splits["train"][0]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    seconds = []
-    model.train()
-    for _ in range(epochs):
-        start = time.perf_counter()
-        for idx in batches(len(images), batch_size, device=images.device):
-            loss = objective.differentiable_loss(model.model, model.guide, *split(binarize(images[idx]), given))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - start)
-    model.eval()
-    return seconds
+    history = fit(model, data, epochs, batch_size, lr, elbo=objective, progress=False,
+                  inputs=lambda images, labels: split(images, given))
+    return [m["seconds"] for m in history]
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ def make_optimizer(model, lr):
 
 
 def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmup_epochs=0, on_epoch=None,
-        progress=True, optimizer=None, start_epoch=0, clip_grad=None):
+        progress=True, optimizer=None, start_epoch=0, clip_grad=None, inputs=None):
     """Train `model` on `data` (a `Dataset`) with SVI; returns the per-epoch metrics.
 
     Each metric is a dict with `epoch`, `train_elbo` (the training objective: the ELBO, or its
@@ -113,12 +113,14 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
     `on_epoch(metrics, optimizer)` is called after each epoch. To continue a run, pass its
     `optimizer` and the number of epochs done as `start_epoch`. `clip_grad` clips the gradient's
     global norm. A NaN or infinite loss raises `Diverged` at the end of its epoch. Under torchrun
-    each process takes its shard of every batch (distributed.py)."""
+    each process takes its shard of every batch (distributed.py). `inputs(images, labels)` gives
+    the model's arguments for a batch (default: `model_inputs`; the quadrant task splits images)."""
     # pyro.module registers parameters by name in Pyro's global store; a store still holding an
     # earlier model's tensors under the same names would shadow this model's (JIT tracing and
     # pyro.optim read the store), so start from an empty one.
     pyro.clear_param_store()
     elbo = elbo or make_elbo()
+    inputs = inputs or (lambda images, labels: model_inputs(model, images, labels, data.n_classes))
     optimizer = optimizer or make_optimizer(model, lr)
     kl_weight = ScaleLatents(beta)
     model_fn, guide_fn = (kl_weight(model.model), kl_weight(model.guide)) if (beta != 1 or warmup_epochs) \
@@ -149,7 +151,7 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
                 x, y = x[part], y[part]
             if warmup_epochs:
                 kl_weight.weight = beta * min(1.0, ((epoch - 1) * steps + step + 1) / (warmup_epochs * steps))
-            args = model_inputs(model, x, y, data.n_classes)
+            args = inputs(x, y)
             optimizer.zero_grad(set_to_none=True)
             try:
                 # Pyro's argument and support checks cost time on every step: run them on the first
@@ -184,7 +186,7 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, elbo=None, beta=1.0, warmu
         model.eval()
         try:
             val = elbo_per_example(model.model, model.guide,
-                                   *model_inputs(model, x_val, y_val, data.n_classes)).mean()
+                                   *inputs(x_val, y_val)).mean()
         except ValueError as e:
             if not diverged(e):
                 raise
@@ -252,7 +254,6 @@ def resume_config(run_dir, config, settings):
 
 def _train(config, out, device, progress, resuming, stop):
     pyro.set_rng_seed(config.seed)
-    pyro.clear_param_store()
     data = load_dataset(config.dataset, config.data_dir, device, binarize=binarizes(config),
                         val_size=config.val_size, train_size=config.train_size, seed=config.seed)
     model = model_for(config, data).to(device)
