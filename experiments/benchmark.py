@@ -6,6 +6,9 @@ the hand-written loop, from fit's on_epoch hook) so both see the same machine lo
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
+Where NumPyro is installed (`pip install numpyro`), the vae rows add NumPyro's jitted epoch of the
+same networks (experiments/numpyro_vae.py, in its own process after the torch epochs, pinned to
+--threads CPUs); --no-numpyro leaves it out.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
     python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
@@ -19,6 +22,7 @@ paths' allocations do not mix).
 import argparse
 import copy
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -86,6 +90,17 @@ def plain_svi_epoch(model, svi, data, batch_size):
     return time.perf_counter() - start, -total / len(x_train)
 
 
+def numpyro_epoch(args, batch_size):
+    """NumPyro's jitted epoch of the vae in a fresh process: median seconds per epoch, scaled
+    to all n examples (its epoch drops the last partial batch), and its last train ELBO."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numpyro_vae.py")
+    cmd = [sys.executable, script, "--batch-size", str(batch_size), "--epochs", str(args.epochs),
+           "--threads", str(args.threads)] + (["--train-size", str(args.train_size)] if args.train_size else [])
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    used = r["train_size"] - r["dropped_examples"]
+    return r["median_s"] * r["train_size"] / used, r["train_elbo"]
+
+
 def setup(args, name, batch_size):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = fashion_mnist(device, args.train_size)
@@ -133,11 +148,13 @@ def run_setting(args, name, batch_size):
     ours_s = statistics.median(h["seconds"] for h in history[1:])  # epoch 1 is the warm-up
     hand_s = statistics.median(ref_times[1:])
     plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
+    numpyro_s, numpyro_elbo = numpyro_epoch(args, batch_size) if args.numpyro and name == "vae" else (math.nan, math.nan)
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
     min_ratio = min(h["seconds"] for h in history[1:]) / min(ref_times[1:])
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
             "min_ratio": min_ratio,
             "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
+            "numpyro_s": numpyro_s, "numpyro_ratio": numpyro_s / hand_s, "numpyro_elbo": numpyro_elbo,
             "ours_elbo": history[-1]["train_elbo"], "hand_elbo": ref_elbos[-1],
             "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
             "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
@@ -194,6 +211,8 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--no-plain", dest="plain", action="store_false",
                    help="leave out the textbook SVI loop (Trace_ELBO, pyro.optim.Adam, validation on)")
+    p.add_argument("--no-numpyro", dest="numpyro", action="store_false",
+                   help="leave out NumPyro's jitted epoch (run only where numpyro is installed)")
     p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -201,18 +220,19 @@ def main():
         return probe(args)
     if args.quick:
         args.train_size, args.epochs = args.train_size or 4000, 3
+    args.numpyro = args.numpyro and importlib.util.find_spec("numpyro") is not None
     print(machine())
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
     header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'plain s/ep':>10} {'ratio':>6} "
-              f"{'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
+              f"{'numpyro s/ep':>12} {'ratio':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
     for name in args.models.split(","):
         for batch_size in map(int, args.batches.split(",")):
             r = run_setting(args, name, batch_size)
             print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} {r['min_ratio']:6.3f} "
-                  f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} "
+                  f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} {r['numpyro_s']:12.3f} {r['numpyro_ratio']:6.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
             prefix = "" if name == "vae" else f"{name}_"
@@ -222,6 +242,10 @@ def main():
             summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)
             if args.plain:
                 summary[f"{prefix}plain_ratio_b{batch_size}"] = round(r["plain_ratio"], 4)
+            if not math.isnan(r["numpyro_s"]):
+                summary[f"numpyro_ratio_b{batch_size}"] = round(r["numpyro_ratio"], 4)
+                summary[f"numpyro_s_b{batch_size}"] = round(r["numpyro_s"], 4)
+                summary[f"numpyro_elbo_b{batch_size}"] = r["numpyro_elbo"]
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))

@@ -20,7 +20,6 @@ from pathlib import Path
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
 from torch import nn
 
 from .data import load_dataset
@@ -28,7 +27,7 @@ from .errors import UserError
 from .evaluate import elbo_per_example, importance_sampled
 from .models import CVAE3
 from .parts import BernoulliDecoder
-from .train import fit
+from .train import fit, make_elbo
 
 
 def given_mask(n_given, shape=(28, 28)):
@@ -103,12 +102,12 @@ def gsnn_guide(model):
 
 
 class HybridELBO:
-    """alpha * CVAE bound + (1 - alpha) * GSNN bound (Sohn et al. 2015, eq. 8), each a Trace_ELBO
-    of the same model with a different guide; alpha = 1 is the plain CVAE bound."""
+    """alpha * CVAE bound + (1 - alpha) * GSNN bound (Sohn et al. 2015, eq. 8), each fit's Trace_ELBO
+    (make_elbo) of the same model with a different guide; alpha = 1 is the plain CVAE bound."""
 
     def __init__(self, alpha, gsnn_guide):
         self.alpha, self.gsnn_guide = alpha, gsnn_guide
-        self.elbo = Trace_ELBO(max_plate_nesting=1)
+        self.elbo = make_elbo()
 
     def differentiable_loss(self, model, guide, *args):
         loss = self.alpha * self.elbo.differentiable_loss(model, guide, *args)
@@ -124,7 +123,7 @@ def build(name, n_given, x_dim=784, shape=(28, 28), z_dim=32, hidden=256, alpha=
     """(model, objective) of one quadrant model by name."""
     given = given_mask(n_given, shape)
     if name == "baseline":
-        return Baseline(x_dim, hidden, given), Trace_ELBO(max_plate_nesting=1)
+        return Baseline(x_dim, hidden, given), make_elbo()
     if name not in MODELS:
         raise UserError(f"unknown quadrant model {name!r}; choose from {', '.join(MODELS)}")
     model = quadrant_cvae(x_dim, z_dim, hidden, given)

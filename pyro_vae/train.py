@@ -3,9 +3,9 @@
 The loss is the ELBO object's `differentiable_loss` of the model/guide pair (the PPL computes
 it; nothing here writes a loss by hand), minimised by one `torch.optim.Adam` over all the
 model's parameters. The epoch's loss is summed on the device and read once per epoch by this
-loop. (Pyro 1.9's ELBOs still read the device inside `differentiable_loss`: Trace_ELBO calls
-`.item()` on each site's log-prob sum, and every ELBO's `warn_if_nan` tests the loss on the host,
-so on a GPU each step synchronises once inside Pyro.)
+loop. The default objective is `DeviceTrace_ELBO`: Pyro's Trace_ELBO with a `differentiable_loss`
+that never reads the device (Pyro 1.9's reads every site's log-prob sum with `.item()` and tests
+the loss for NaN on the host, which on a GPU makes every step wait for its kernels).
 
 Speed (see experiments/benchmark.py): Pyro's validation (argument checks on every distribution,
 model/guide site matching, shape checks) costs up to ~10% of a small VAE's step on the CPU. It
@@ -27,7 +27,9 @@ from pathlib import Path
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import is_identically_zero
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 from tqdm import tqdm
@@ -41,6 +43,43 @@ from .runs import (Config, binarizes, check_checkpoint_config, load_checkpoint, 
                    model_for, read_config, resolve_device, save_checkpoint, set_rng_state, write_metrics)
 
 
+class DeviceTrace_ELBO(Trace_ELBO):
+    """Trace_ELBO whose `differentiable_loss` stays on the device: the same traces (Pyro's
+    `_get_traces`: guide traced, model replayed against it, log-densities and score parts from
+    the trace), the same value (the ELBO estimate) and the same gradient (reparameterised and
+    score-function terms alike), without the host reads: no `.item()` per site, no NaN test on
+    the host (fit tests the loss on the device and reads the test once per epoch)."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._loss_particle(model_trace, guide_trace)
+        return loss / self.num_particles if self.num_particles > 1 else loss
+
+    @staticmethod
+    def _loss_particle(model_trace, guide_trace):
+        """-ELBO of one particle, with the gradient of Trace_ELBO's surrogate."""
+        elbo = sum(site["log_prob_sum"] for site in model_trace.nodes.values() if site["type"] == "sample")
+        extra, log_r = None, None  # surrogate - ELBO: none while every site is reparameterised
+        for site in guide_trace.nodes.values():
+            if site["type"] != "sample":
+                continue
+            log_prob, score_function, entropy = site["score_parts"]
+            elbo = elbo - site["log_prob_sum"]
+            terms = []
+            if entropy is not log_prob:  # reparameterised sites use their log-density as entropy term
+                terms.append(site["log_prob_sum"] - (0.0 if is_identically_zero(entropy) else entropy.sum()))
+            if not is_identically_zero(score_function):  # REINFORCE, Rao-Blackwellised as Pyro does
+                if log_r is None:
+                    log_r = _compute_log_r(model_trace, guide_trace)
+                terms.append((log_r.sum_to(site["cond_indep_stack"]) * score_function).sum())
+            for term in terms:
+                extra = term if extra is None else extra + term
+        if extra is None:
+            return -elbo
+        return -(elbo + extra - extra.detach())  # the ELBO's value, the surrogate's gradient
+
+
 def iwae_bound(num_particles, **kwargs):
     """The IWAE bound (Burda et al.): Renyi's alpha = 0 with K vectorized particles."""
     return RenyiELBO(alpha=0, num_particles=num_particles, **kwargs)
@@ -48,7 +87,7 @@ def iwae_bound(num_particles, **kwargs):
 
 # name -> (plain, JIT-compiled) objective; None where no JIT variant gives the same loss
 ELBOS = {
-    "trace": (Trace_ELBO, JitTrace_ELBO),
+    "trace": (DeviceTrace_ELBO, JitTrace_ELBO),
     "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO),
     "iwae": (iwae_bound, None),
 }

@@ -6,14 +6,18 @@ optimizer. No timing here: speed lives in experiments/benchmark.py.
 """
 
 import copy
+import sys
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from torch.overrides import TorchFunctionMode
 
 import pyro_vae
 from pyro_vae.data import binarize
+from pyro_vae.train import DeviceTrace_ELBO, ScaleLatents
 
 Z, H = 4, 32  # small networks keep the file fast
 
@@ -46,7 +50,7 @@ def test_same_loss_and_update_as_svi(digits, name):
     plain = copy.deepcopy(fast)
     x, labels = batch(digits)
 
-    # fit's step: pyro_vae.make_elbo() (a Trace_ELBO), validation off, one torch.optim.Adam
+    # fit's step: pyro_vae.make_elbo() (DeviceTrace_ELBO, a Trace_ELBO), validation off, one torch.optim.Adam
     elbo = pyro_vae.make_elbo()
     optimizer = torch.optim.Adam(fast.parameters(), lr=1e-2)
     pyro.set_rng_seed(1)
@@ -106,3 +110,88 @@ def test_validation_still_catches_a_bad_guide(digits):
     model.guide = lambda x, y=None: None  # samples no z: the model's z would go unguided
     with pytest.warns(UserWarning, match="model but not guide.*z"):
         pyro_vae.fit(model, digits, epochs=1, batch_size=64, progress=False)
+
+
+def loss_and_grads(elbo, model, guide, params, *args):
+    pyro.set_rng_seed(3)  # the same noise for each objective
+    for p in params:
+        p.grad = None
+    loss = elbo.differentiable_loss(model, guide, *args)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+@pytest.mark.parametrize("name", ["vae", "cvae2", "cvae3"])
+def test_device_elbo_equals_trace_elbo(digits, name, beta):
+    """fit's DeviceTrace_ELBO: Trace_ELBO's value and gradient, also with the latents scaled (beta)."""
+    model = pyro_vae.build_model(name, digits.x_dim, digits.n_classes, z_dim=Z, hidden=H)
+    x, labels = batch(digits)
+    args = pyro_vae.model_inputs(model, x, labels, digits.n_classes)
+    weight = ScaleLatents(beta)
+    fns = (weight(model.model), weight(model.guide))
+    params = list(model.parameters())
+    with pyro.validation_enabled(False):
+        (a, grads_a), (b, grads_b) = (loss_and_grads(elbo, *fns, params, *args)
+                                      for elbo in (Trace_ELBO(max_plate_nesting=1), DeviceTrace_ELBO(max_plate_nesting=1)))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    for g, h in zip(grads_a, grads_b):
+        assert torch.allclose(g, h, rtol=1e-5, atol=1e-6)
+
+
+def test_device_elbo_score_function_terms():
+    """A discrete latent has no reparameterised sample: the gradient then carries Trace_ELBO's
+    REINFORCE term (Rao-Blackwellised over the plate), and DeviceTrace_ELBO must give it too."""
+    torch.manual_seed(0)
+    q_logits, w = torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(6))
+    loc = torch.nn.Parameter(torch.randn(6))
+    x = torch.randn(6)
+
+    def model(x):
+        with pyro.plate("data", 6):
+            c = pyro.sample("c", dist.Bernoulli(logits=torch.zeros(6)))
+            u = pyro.sample("u", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(c * w + u, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 6):
+            pyro.sample("c", dist.Bernoulli(logits=q_logits))
+            pyro.sample("u", dist.Normal(loc, 0.5))
+
+    params = [q_logits, w, loc]
+    (a, grads_a), (b, grads_b) = (loss_and_grads(elbo, model, guide, params, x)
+                                  for elbo in (Trace_ELBO(), DeviceTrace_ELBO()))
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    assert grads_a[0].abs().sum() > 0  # the score-function term reaches the guide's logits
+    for g, h in zip(grads_a, grads_b):
+        assert torch.allclose(g, h, rtol=1e-5, atol=1e-6)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that copy a tensor's value to the host (each a wait for the device on a
+    GPU). Adam's own reads are left out: it keeps its step counts on the host by design."""
+
+    READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += "torch/optim/" not in sys._getframe(1).f_code.co_filename
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["vae", "cvae2"])
+def test_training_steps_do_not_read_the_device(name):
+    """An epoch of 4 steps and one of 12 make the same number of host reads: none per step."""
+    reads = []
+    for steps in (4, 12):
+        data = pyro_vae.load_dataset("digits", train_size=32 * steps)
+        pyro.set_rng_seed(0)
+        model = pyro_vae.build_model(name, data.x_dim, data.n_classes, z_dim=Z, hidden=H)
+        with HostReads() as counter:
+            pyro_vae.fit(model, data, epochs=1, batch_size=32, progress=False)
+        reads.append(counter.count)
+    assert reads[0] == reads[1] > 0, reads  # > 0: the counter sees the epoch's own reads
