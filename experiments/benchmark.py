@@ -6,7 +6,7 @@ the hand-written loop, from fit's on_epoch hook) so both see the same machine lo
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
-Where NumPyro is installed (`pip install numpyro`), the vae rows add NumPyro's jitted epoch of the
+Where NumPyro is installed (`pip install -e '.[bench]'`), the vae rows add NumPyro's jitted epoch of the
 same networks (experiments/numpyro_vae.py, in its own process after the torch epochs, pinned to
 --threads CPUs); --no-numpyro leaves it out.
 
