@@ -34,9 +34,9 @@ def main():
     budget = dict(BUDGET, epochs=args.epochs)
     started = time.time()
     command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(a for a in sys.argv[1:] if a != "--redraw")
-    machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
-               f"{torch.get_num_threads()} thread, load average {os.getloadavg()[1]:.1f} over the last 5 min: other "
-               f"work slows the timings), Python {platform.python_version()}, torch {torch.__version__}")
+    machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores, torch on {torch.get_num_threads()} thread(s), "
+               f"load average {os.getloadavg()[1]:.1f} over the 5 min before the run: other work would slow the "
+               f"timings), Python {platform.python_version()}, torch {torch.__version__}")
     made = Path(args.runs) / "made_by.json"
     if args.redraw:  # only the figures and the table, from the weights and numbers of a finished run
         redraw(args.runs)
