@@ -1,11 +1,13 @@
 """Training: stochastic variational inference with an ELBO from `pyro.infer`.
 
 The loss is the ELBO object's `differentiable_loss` of the model/guide pair (the PPL computes
-it; nothing here writes a loss by hand), minimised by one `torch.optim.Adam` over all the
-model's parameters. The epoch's loss is summed on the device and read once per epoch by this
-loop. The default objective is `DeviceTrace_ELBO`: Pyro's Trace_ELBO with a `differentiable_loss`
-that never reads the device (Pyro 1.9's reads every site's log-prob sum with `.item()` and tests
-the loss for NaN on the host, which on a GPU makes every step wait for its kernels).
+it: Pyro traces the guide, replays the model and scores every site; no loss is written by hand
+for a model), minimised by one `torch.optim.Adam` over all the model's parameters. The epoch's
+loss is summed on the device and read once per epoch by this loop. The default objective is
+`DeviceTrace_ELBO`: Pyro's Trace_ELBO with a `differentiable_loss` that sums the same traced
+log-densities the same way but never reads the device (Pyro 1.9's reads every site's log-prob
+sum with `.item()` and tests the loss for NaN on the host, which on a GPU makes every step wait
+for its kernels).
 
 Speed (see experiments/benchmark.py): Pyro's validation (argument checks on every distribution,
 model/guide site matching, shape checks) costs up to ~10% of a small VAE's step on the CPU. It
