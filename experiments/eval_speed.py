@@ -3,7 +3,8 @@
 Trains a VAE (784-400-50) for a couple of epochs on binarized Fashion-MNIST with pyro_vae.fit,
 then times pyro_vae.importance_sampled on the first `--examples` test images for each
 `--max-batch` (the chunk: (particle, example) pairs through the networks at once), with the peak
-RSS growth of each (peak RSS during the call minus RSS before it; on CUDA, torch's peak allocation). With fewer than the 10k test images it also prints the time scaled to 10k,
+RSS growth of each (peak RSS during the call minus RSS before it; on CUDA, torch's peak allocation)
+and the minor page faults during the call. With fewer than the 10k test images it also prints the time scaled to 10k,
 labelled as an extrapolation (the work is linear in the number of examples).
 
     python experiments/eval_speed.py --examples 200 --max-batch 4096,16384,65536
@@ -12,6 +13,7 @@ labelled as an extrapolation (the work is linear in the number of examples).
 import argparse
 import ctypes
 import json
+import resource
 import time
 
 import pyro
@@ -32,8 +34,13 @@ def main():
     p.add_argument("--max-batch", default="65536", help="comma-separated chunk sizes to time")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--glibc-default", action="store_true",
+                   help="leave glibc's mmap and trim thresholds alone (pyro_vae.evaluate.keep_freed_memory off), "
+                        "to see the page faults it saves")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.glibc_default:
+        pyro_vae.evaluate.keep_freed_memory = lambda: None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pyro.set_rng_seed(0)
     data = pyro_vae.load_dataset("fashion-mnist", device=device)
@@ -51,13 +58,15 @@ def main():
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         pyro.set_rng_seed(1)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         log_lik, elbo = pyro_vae.importance_sampled(model.model, model.guide, x, samples=args.samples,
                                                     max_batch=max_batch)
         seconds = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         peak = (torch.cuda.max_memory_allocated() if device == "cuda" else proc_status("VmHWM") - before) / 2**20
         result = {"max_batch": max_batch, "rss_before_mb": round(before / 2**20, 1), "examples": len(x), "samples": args.samples, "seconds": round(seconds, 2),
-                  "peak_mb": round(peak, 1), "log_likelihood": round(log_lik.mean().item(), 3),
+                  "peak_mb": round(peak, 1), "minor_page_faults": faults, "log_likelihood": round(log_lik.mean().item(), 3),
                   "elbo": round(elbo.mean().item(), 3)}
         if len(x) < 10000:
             result["extrapolated_seconds_10k"] = round(seconds * 10000 / len(x), 1)
