@@ -11,6 +11,7 @@ the estimate is never below the bound on the same draws.
 """
 
 import ctypes
+import functools
 import math
 
 import pyro
@@ -40,12 +41,13 @@ def _log_joint(trace):
     return total
 
 
+@functools.cache  # once per process: the setting is process-wide
 def keep_freed_memory():
     """Ask glibc to keep freed blocks of up to 32 MB in the heap for reuse. By default it hands
     each freed block above its mmap threshold back to the OS, and the next chunk's tensors of
-    the same size fault the same pages in again, zeroed: about 12,000 page faults per test image
-    at K = 5000, a quarter of the evaluation's time (benchmark.md). Process-wide; a no-op where
-    the C library is not glibc."""
+    the same size fault the same pages in again, zeroed: thousands of page faults per test image
+    at K = 5000, 10-30% of the evaluation's time (benchmark.md). A no-op where the C library is
+    not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

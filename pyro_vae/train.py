@@ -62,23 +62,21 @@ class DeviceTrace_ELBO(Trace_ELBO):
     def _loss_particle(model_trace, guide_trace):
         """-ELBO of one particle, with the gradient of Trace_ELBO's surrogate."""
         elbo = sum(site["log_prob_sum"] for site in model_trace.nodes.values() if site["type"] == "sample")
-        extra, log_r = None, None  # surrogate - ELBO: none while every site is reparameterised
+        extra, log_r = [], None  # terms of surrogate - ELBO: none while every site is reparameterised
         for site in guide_trace.nodes.values():
             if site["type"] != "sample":
                 continue
             log_prob, score_function, entropy = site["score_parts"]
             elbo = elbo - site["log_prob_sum"]
-            terms = []
             if entropy is not log_prob:  # reparameterised sites use their log-density as entropy term
-                terms.append(site["log_prob_sum"] - (0.0 if is_identically_zero(entropy) else entropy.sum()))
+                extra.append(site["log_prob_sum"] - (0.0 if is_identically_zero(entropy) else entropy.sum()))
             if not is_identically_zero(score_function):  # REINFORCE, Rao-Blackwellised as Pyro does
                 if log_r is None:
                     log_r = _compute_log_r(model_trace, guide_trace)
-                terms.append((log_r.sum_to(site["cond_indep_stack"]) * score_function).sum())
-            for term in terms:
-                extra = term if extra is None else extra + term
-        if extra is None:
+                extra.append((log_r.sum_to(site["cond_indep_stack"]) * score_function).sum())
+        if not extra:
             return -elbo
+        extra = sum(extra)
         return -(elbo + extra - extra.detach())  # the ELBO's value, the surrogate's gradient
 
 
