@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.figures import latent_space_comparison
+from pyro_vae.runs.figures import latent_space_comparison
 from vae_fashion_mnist import RESULTS  # noqa: E402 (same folder)
 
 

@@ -2,7 +2,7 @@
 
 Both train the same networks (the hand-written copy starts from the same weights) on the same
 binarized Fashion-MNIST with the same Adam; the epochs alternate (one epoch of fit, then one of
-the hand-written loop, from fit's on_epoch hook) so both see the same machine load. A third
+the hand-written loop, from a fit callback) so both see the same machine load. A third
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
@@ -120,25 +120,27 @@ def run_setting(args, name, batch_size):
     svi = SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO(max_plate_nesting=1))
     plain_times = []
 
-    def on_epoch(metrics, optimizer):  # after each epoch of fit, one epoch of the reference loop
-        if cuda:
-            peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated())
-            torch.cuda.reset_peak_memory_stats()
-        seconds, elbo = hand_written_epoch(ref, ref_opt, data, batch_size)
-        ref_times.append(seconds)
-        ref_elbos.append(elbo)
-        if cuda:
-            peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
-        if args.plain:
-            # ours and the plain copy register modules under the same names; fit steps its modules'
-            # own tensors, SVI steps the param store's, so each copy gets a fresh store in turn
-            pyro.clear_param_store()
-            plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
-            pyro.clear_param_store()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
+    class ReferenceEpoch(pyro_vae.Callback):
+        def on_epoch_end(self, trainer, metrics):  # after each epoch of fit, one epoch of the reference loop
+            if cuda:
+                peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated())
+                torch.cuda.reset_peak_memory_stats()
+            seconds, elbo = hand_written_epoch(ref, ref_opt, data, batch_size)
+            ref_times.append(seconds)
+            ref_elbos.append(elbo)
+            if cuda:
+                peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
+            if args.plain:
+                # ours and the plain copy register modules under the same names; fit steps its modules'
+                # own tensors, SVI steps the param store's, so each copy gets a fresh store in turn
+                pyro.clear_param_store()
+                plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
+                pyro.clear_param_store()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
 
-    history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, on_epoch=on_epoch, progress=False)
+    history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, progress=False,
+                           callbacks=[ReferenceEpoch()])
     x_val, y_val = data.splits["val"]
     ref.eval()
     ref_val = pyro_vae.elbo_per_example(ref.model, ref.guide,

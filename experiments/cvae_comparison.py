@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import Config, evaluate_run, load_run, train
-from pyro_vae.figures import conditional_panels
+from pyro_vae.runs.figures import conditional_panels
 from pyro_vae.runs import read_metrics
 
 MODELS = ["vae", "cvae1", "cvae2", "cvae3", "cvae4"]

@@ -35,12 +35,12 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--glibc-default", action="store_true",
-                   help="leave glibc's mmap and trim thresholds alone (pyro_vae.evaluate.keep_freed_memory off), "
+                   help="leave glibc's mmap and trim thresholds alone (pyro_vae.estimators.keep_freed_memory off), "
                         "to see the page faults it saves")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.glibc_default:
-        pyro_vae.evaluate.keep_freed_memory = lambda: None
+        pyro_vae.estimators.keep_freed_memory = lambda: None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pyro.set_rng_seed(0)
     data = pyro_vae.load_dataset("fashion-mnist", device=device)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.quadrants import redraw, run_quadrants
+from pyro_vae.runs.quadrants import redraw, run_quadrants
 
 HERE = Path(__file__).resolve().parent
 BUDGET = dict(epochs=5, batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=500, examples=1000)

@@ -1,39 +1,71 @@
-"""The `pyro-vae` command: train, evaluate, sample, download. Each calls the Python API."""
+"""The `pyro-vae` command: train, evaluate, sample, quadrants, download (the top layer).
+
+Each subcommand calls one function of the Python API (runs/, data.py); the option lists and the
+models' defaults in the help are read from the tables and classes they describe."""
 
 import argparse
 import os
 import sys
 
+from . import errors
 from .data import DATASETS, download
 from .errors import UserError
-from .evaluate import MAX_BATCH, evaluate_run
-from .figures import sample_run
+from .estimators import MAX_BATCH
 from .models import MODELS
+from .objectives import ELBOS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
-from .runs import Config
-from .train import ELBOS, RESUMABLE, train
-
-PER_DATASET = "per data set: digits {}, 28x28 sets {}"
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, sample_run, train
+from .runs.quadrants import MODELS as QUADRANT_MODELS
+from .runs.quadrants import run_quadrants
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+
+def per_dataset(setting):
+    """'per data set: digits N, 28x28 sets M', read off the run defaults."""
+    return (f"per data set: digits {DATASET_DEFAULTS['digits'][setting]}, "
+            f"28x28 sets {DATASET_DEFAULTS['28x28'][setting]}")
+
+
+def checked(parse, check):
+    """An argparse type: `parse` the text, then the package's own `check` (errors.py) of the value."""
+
+    def convert(text):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if parse is int else ''}number: {text!r}") from None
+        try:
+            return check("value", value)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("value must be", "must be")) from None
+
+    return convert
+
+
+positive_int = checked(int, errors.positive_int)
+positive_float = checked(float, errors.positive_number)
+
+
+def part_choice(kind, table):
+    """An argparse type: a name from the part's table, or an import path MODULE:NAME of your own."""
+
+    def convert(text):
+        if text in table or (":" in text and all(text.partition(":")[::2])):
+            return text
+        raise argparse.ArgumentTypeError(f"unknown {kind} {text!r}; choose from {', '.join(table)}, "
+                                         f"or MODULE:NAME for one of your own")
+
+    return convert
+
+
+def model_defaults(part, otherwise):
+    """'default: X for m1/m2, Y otherwise' for a part, read off the model classes."""
+    by_default = {}
+    for name, cls in MODELS.items():
+        by_default.setdefault(cls.defaults[part], []).append(name)
+    common = max(by_default, key=lambda k: len(by_default[k]))
+    rest = "; ".join(f"{value} for {'/'.join(names)}" for value, names in by_default.items() if value != common)
+    return f"default: {rest}{'; ' if rest else ''}{common} otherwise{otherwise}"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,18 +104,17 @@ def parser():
     t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
     t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
                    "~/.cache/pyro-vae, /usr/share/datasets")
-    t.add_argument("--epochs", type=positive_int, default=None, help=PER_DATASET.format(100, 20))
-    t.add_argument("--batch-size", type=positive_int, default=None, help=PER_DATASET.format(64, 256))
+    t.add_argument("--epochs", type=positive_int, default=None, help=per_dataset("epochs"))
+    t.add_argument("--batch-size", type=positive_int, default=None, help=per_dataset("batch_size"))
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
-    t.add_argument("--z-dim", type=positive_int, default=None, help=PER_DATASET.format(8, 50))
-    t.add_argument("--hidden", type=positive_int, default=None, help=PER_DATASET.format(128, 400))
-    t.add_argument("--prior", choices=list(PRIORS), default=None,
-                   help="prior (default: conditional for cvae1/3/4, normal otherwise)")
-    t.add_argument("--guide", choices=list(GUIDES), default=None,
-                   help="guide q(z|.) (default: delta for ae/dae, diagonal otherwise)")
-    t.add_argument("--likelihood", choices=list(LIKELIHOODS), default=None,
-                   help="p(x|.) (default: categorical over y for cvae3, bernoulli otherwise; "
-                        "cbernoulli and normal train on grey pixels)")
+    t.add_argument("--z-dim", type=positive_int, default=None, help=per_dataset("z_dim"))
+    t.add_argument("--hidden", type=positive_int, default=None, help=per_dataset("hidden"))
+    t.add_argument("--prior", type=part_choice("prior", PRIORS), metavar="{normal,class-mean,conditional,mog,vamp}|MODULE:NAME", default=None,
+                   help=f"prior ({model_defaults('prior', '')})")
+    t.add_argument("--guide", type=part_choice("guide", GUIDES), metavar="{diagonal,lowrank,iaf,delta}|MODULE:NAME", default=None,
+                   help=f"guide q(z|.) ({model_defaults('guide', '')})")
+    t.add_argument("--likelihood", type=part_choice("likelihood", LIKELIHOODS), metavar="{bernoulli,cbernoulli,normal,categorical}|MODULE:NAME", default=None,
+                   help=f"p(x|.) ({model_defaults('likelihood', '; cbernoulli and normal train on grey pixels')})")
     t.add_argument("--elbo", default=c.elbo, choices=list(ELBOS),
                    help="objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL) or the IWAE bound")
     t.add_argument("--particles", type=positive_int, default=c.particles,
@@ -127,8 +158,7 @@ def parser():
     q.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files (searched first)")
     q.add_argument("--given", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
                    help="numbers of given quadrants")
-    q.add_argument("--models", nargs="+", default=["baseline", "cvae3", "hybrid"],
-                   choices=["baseline", "cvae3", "hybrid"])
+    q.add_argument("--models", nargs="+", default=list(QUADRANT_MODELS), choices=QUADRANT_MODELS)
     q.add_argument("--epochs", type=positive_int, default=5)
     q.add_argument("--batch-size", type=positive_int, default=128)
     q.add_argument("--lr", type=positive_float, default=1e-3)
@@ -198,8 +228,6 @@ def main(argv=None):
                 print(f"label fidelity {result['label_fidelity']:.3f} (reference classifier test accuracy "
                       f"{result['classifier_test_accuracy']:.4f})")
         elif args.command == "quadrants":
-            from .quadrants import run_quadrants
-
             if not 0 <= args.alpha <= 1:
                 raise UserError(f"alpha must be in [0, 1], got {args.alpha}")
             rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,

@@ -1,4 +1,5 @@
-"""Data: the bundled `digits` set and the IDX sets (MNIST, Fashion-MNIST, KMNIST).
+"""Data: the bundled `digits` set and the IDX sets (MNIST, Fashion-MNIST, KMNIST) (layer 1:
+imports only errors).
 
 A split is one float tensor of pixels in [0, 1], shape (N, H*W), plus a long tensor of labels,
 both on the training device. Batches are slices of a per-epoch permutation (`batches`); there is
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, positive_int
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -250,9 +251,7 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     n_val = max(1, int(round(val_size * len(x_train))))
     val, train = order[:n_val], order[n_val:]
     if train_size is not None:
-        if train_size <= 0:
-            raise UserError(f"train_size must be positive, got {train_size}")
-        train = train[:train_size]
+        train = train[:positive_int("train_size", train_size)]
 
     def split(x, y):
         x = torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32, device=device)

@@ -1,4 +1,5 @@
-"""Data-parallel training on torch.distributed, as `torchrun` launches it.
+"""Data-parallel training on torch.distributed, as `torchrun` launches it (beside svi.py, which
+uses it; imports nothing of the package).
 
     torchrun --standalone --nproc_per_node=2 -m pyro_vae train --dataset digits
 

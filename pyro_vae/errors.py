@@ -1,4 +1,7 @@
-"""The exceptions the CLI turns into a one-line message and a non-zero exit."""
+"""The exceptions the CLI turns into a one-line message and a non-zero exit, and the checks of
+single values that every layer shares (layer 0: imports nothing of the package)."""
+
+import math
 
 
 class UserError(Exception):
@@ -15,3 +18,17 @@ class Diverged(UserError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says which checkpoint was kept (exit status 130)."""
+
+
+def positive_int(name, value):
+    """`value` if it is a whole number above 0, else a UserError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{name} must be a positive whole number, got {value!r}")
+    return value
+
+
+def positive_number(name, value):
+    """`value` if it is a finite number above 0, else a UserError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a positive finite number, got {value!r}")
+    return value

@@ -1,168 +1,221 @@
-"""The models: each a Pyro model/guide pair that reads like its graphical model.
+"""The models: each a Pyro model/guide pair that reads like its graphical model (layer 4: imports parts).
 
 x = the data, y = the conditioning variable (a one-hot label, an attribute vector or an image
-part), z = the latent. Every model and guide runs its sample sites inside one batch plate named
-"data" at dim -1, with each example's variables in the event dims; that is all the training and
-evaluation code assumes (an outer particle plate may wrap them, so networks see (K, B, .) inputs).
+part), z = the latent. `ModelContract` below is everything the training, estimators, figures
+and runs may assume of a model; each class states its graph there once, as data:
 
-`observed` names the site the bound is a likelihood of ("x", or "y" for cvae3); `prior_input`
-names what the prior is conditioned on (None, "y" or "x"). Priors, guides and likelihoods are
-swappable parts (parts.py): a name from their table, or a part of your own.
+    observed        the site the bound is a likelihood of: "x", or "y" (cvae3)
+    guide_input     what q(z|.) reads: ("x",) or ("x", "y")
+    prior_input     what p(z|.) is conditioned on: None, "x" or "y"
+    decoder_input   what the likelihood reads: ("z",), ("z", "y") or ("x", "z")
+    defaults        the prior, guide and likelihood it takes when none is named
+    likelihoods, guides   the names it accepts (None: any)
+
+and writes its `model()` out, since reading it as the graph is the point. `LatentVariableModel`
+sizes and builds the three parts from those declarations (the guide first: a VampPrior is made
+of it), and holds the one guide they share. The configuration, the CLI's help and the checks
+read the declarations from the class, so a new model is one class here plus a line in MODELS.
 """
+
+from typing import ClassVar, Protocol, runtime_checkable
 
 import pyro
 import torch
 from torch import nn
 from torch.nn.functional import one_hot
 
-from .errors import UserError
+from .errors import UserError, positive_int
 from .nets import cat
-from .parts import GUIDES, LIKELIHOODS, PRIORS, make_part
+from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, constructor, make_part
 
 
-class VAE(nn.Module):
+@runtime_checkable
+class ModelContract(Protocol):
+    """What the rest of the package may assume of a model (and all a model of your own needs).
+
+    - `model(x, y)` and `guide(x, y)` (y only when `conditional`) put every sample site inside
+      one `pyro.plate("data", len(x))` at dim -1, with each example's variables in its event
+      dims, so an outer particle plate at dim -2 vectorizes them; the latent site is "z".
+    - `observed` names the observed site; `conditional` says whether the label y is an input;
+      `prior_input` names what the prior reads (None, "x" or "y").
+    - `encoder`, `prior` and `decoder` are the parts (parts.py): modules whose forward returns
+      the distribution of q(z|.), p(z|.) and p(observed|.); the figures read means off them.
+    """
+
+    observed: str
+    conditional: bool
+    prior_input: str | None
+    encoder: nn.Module
+    prior: nn.Module
+    decoder: nn.Module
+
+    def model(self, x, y=None): ...
+
+    def guide(self, x, y=None): ...
+
+
+class LatentVariableModel(nn.Module):
+    """Builds the guide, prior and likelihood parts a subclass's declarations ask for, sized from
+    x_dim, y_dim and z_dim, and runs the guide q(z | guide_input). Subclasses write `model()`."""
+
+    observed: ClassVar[str] = "x"
+    guide_input: ClassVar[tuple] = ("x",)
+    prior_input: ClassVar[str | None] = None
+    decoder_input: ClassVar[tuple] = ("z",)
+    defaults: ClassVar[dict] = {"prior": "normal", "guide": "diagonal", "likelihood": "bernoulli"}
+    likelihoods: ClassVar[tuple | None] = PIXEL_LIKELIHOODS
+    guides: ClassVar[tuple | None] = None
+    conditional: ClassVar[bool] = False  # whether model and guide take y: set from guide_input
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.conditional = "y" in cls.guide_input
+
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
+        super().__init__()
+        parts = self.choose_parts(likelihood=likelihood, prior=prior, guide=guide)
+        dims = {"x": x_dim, "y": y_dim, "z": z_dim}
+        guide_in = sum(dims[v] for v in self.guide_input)
+        self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim, hidden=hidden)
+        make_prior = constructor("prior", PRIORS, parts["prior"])
+        self._check_prior(parts["prior"], make_prior)
+        self.prior = make_part("prior", PRIORS, make_prior, z_dim=z_dim,
+                               c_dim=dims[self.prior_input] if self.prior_input else 0, hidden=hidden)
+        if hasattr(self.prior, "attach"):  # a VampPrior is made of the guide's encoder
+            self.prior.attach(self.encoder, guide_in)
+        self.decoder = make_part("likelihood", LIKELIHOODS, parts["likelihood"],
+                                 in_dim=sum(dims[v] for v in self.decoder_input), out_dim=dims[self.observed],
+                                 hidden=hidden)
+
+    @classmethod
+    def name(cls):
+        return next((k for k, v in MODELS.items() if v is cls), cls.__name__.lower())
+
+    @classmethod
+    def choose_parts(cls, likelihood=None, prior=None, guide=None):
+        """The parts asked for, with the class's defaults where None, checked against the names it
+        accepts: {"likelihood": ..., "prior": ..., "guide": ...}."""
+        chosen = {k: v if v is not None else cls.defaults[k]
+                  for k, v in (("likelihood", likelihood), ("prior", prior), ("guide", guide))}
+        name = cls.name()
+        if cls.guides is not None and chosen["guide"] in GUIDES and chosen["guide"] not in cls.guides:
+            raise UserError(f"{name} is the autoencoder: its guide is {' or '.join(cls.guides)}, not "
+                            f"{chosen['guide']!r} (use --model vae)")
+        lik = chosen["likelihood"]
+        if cls.likelihoods is not None and lik in LIKELIHOODS and lik not in cls.likelihoods:
+            if cls.observed == "y":
+                raise UserError(f"{name} predicts the class label y: its likelihood must be "
+                                f"{' or '.join(cls.likelihoods)}, not {lik!r}")
+            raise UserError(f"{name} models pixels: the {lik} likelihood (over a class label) only fits cvae3; "
+                            f"choose from {', '.join(cls.likelihoods)}")
+        return chosen
+
+    def _check_prior(self, choice, make_prior):
+        """Refuse, before it is built, a prior that the graph cannot feed or the guide cannot make."""
+        name = self.name()
+        label = f"prior {choice!r}" if isinstance(choice, str) else \
+            f"prior {getattr(make_prior, '__name__', type(make_prior).__name__)}"
+        if getattr(make_prior, "conditional", False) and self.prior_input is None:
+            unconditional = [k for k, v in PRIORS.items() if not getattr(v, "conditional", False)]
+            raise UserError(f"{label} needs a conditioning input, and {name}'s prior p(z) has none; "
+                            f"choose from {', '.join(unconditional)}")
+        if choice == "class-mean" and self.prior_input != "y":
+            raise UserError(f"{label} needs a class label as the prior's input; {name}'s prior is "
+                            f"conditioned on {self.prior_input or 'nothing'} (use it with cvae1 or cvae4)")
+        if hasattr(make_prior, "attach") and not getattr(self.encoder, "has_density", True):
+            raise UserError(f"{label} is a mixture of the guide's densities; the delta guide has none")
+
+    def register(self, *parts):
+        """`pyro.module` for each part named: its parameters join Pyro's param store and the trace."""
+        for name in parts:
+            pyro.module(name, getattr(self, name))
+
+    def guide(self, x, y=None):
+        """q(z|x), or q(z|x,y) for the conditional models."""
+        self.register("encoder")
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.encoder(cat(x, y) if self.conditional else x))
+
+
+class VAE(LatentVariableModel):
     """p(z) p(x|z), guide q(z|x).
 
     log p(x) >= E_q[log p(x|z)] - KL(q(z|x) || p(z))"""
 
-    observed = "x"
-    conditional = False
-    prior_input = None
-
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="bernoulli", prior="normal",
-                 guide="diagonal"):
-        super().__init__()
-        self.encoder = make_part("guide", GUIDES, guide, x_dim, hidden, z_dim)
-        self.prior = make_prior(self, prior, z_dim, 0, hidden, x_dim)
-        self.decoder = make_part("likelihood", LIKELIHOODS, likelihood, z_dim, hidden, x_dim)
-
     def model(self, x, y=None):
-        pyro.module("prior", self.prior)
-        pyro.module("decoder", self.decoder)
+        self.register("prior", "decoder")
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(None))
             pyro.sample("x", self.decoder(z), obs=x)
 
-    def guide(self, x, y=None):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(x))
+
+class ConditionalVAE(LatentVariableModel):
+    """What the four conditional graphs share: the guide q(z|x,y) and a conditional prior by default."""
+
+    guide_input = ("x", "y")
+    defaults = {**LatentVariableModel.defaults, "prior": "conditional"}
 
 
-class CVAE1(nn.Module):
+class CVAE1(ConditionalVAE):
     """p(z|y) p(x|z,y), guide q(z|x,y).
 
     log p(x|y) >= E_q[log p(x|z,y)] - KL(q(z|x,y) || p(z|y))"""
 
-    observed = "x"
-    conditional = True
     prior_input = "y"
-
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="bernoulli", prior="conditional",
-                 guide="diagonal"):
-        super().__init__()
-        self.encoder = make_part("guide", GUIDES, guide, x_dim + y_dim, hidden, z_dim)
-        self.prior = make_prior(self, prior, z_dim, y_dim, hidden, x_dim + y_dim)
-        self.decoder = make_part("likelihood", LIKELIHOODS, likelihood, z_dim + y_dim, hidden, x_dim)
+    decoder_input = ("z", "y")
 
     def model(self, x, y):
-        pyro.module("prior", self.prior)
-        pyro.module("decoder", self.decoder)
+        self.register("prior", "decoder")
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(y))
             pyro.sample("x", self.decoder(cat(z, y)), obs=x)
 
-    def guide(self, x, y):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(cat(x, y)))
 
-
-class CVAE2(nn.Module):
+class CVAE2(ConditionalVAE):
     """p(z) p(x|z,y): z independent of y; guide q(z|x,y).
 
     log p(x|y) >= E_q[log p(x|z,y)] - KL(q(z|x,y) || p(z))"""
 
-    observed = "x"
-    conditional = True
-    prior_input = None
-
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="bernoulli", prior="normal",
-                 guide="diagonal"):
-        super().__init__()
-        self.encoder = make_part("guide", GUIDES, guide, x_dim + y_dim, hidden, z_dim)
-        self.prior = make_prior(self, prior, z_dim, 0, hidden, x_dim + y_dim)
-        self.decoder = make_part("likelihood", LIKELIHOODS, likelihood, z_dim + y_dim, hidden, x_dim)
+    decoder_input = ("z", "y")
+    defaults = {**ConditionalVAE.defaults, "prior": "normal"}
 
     def model(self, x, y):
-        pyro.module("prior", self.prior)
-        pyro.module("decoder", self.decoder)
+        self.register("prior", "decoder")
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(None))
             pyro.sample("x", self.decoder(cat(z, y)), obs=x)
 
-    def guide(self, x, y):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(cat(x, y)))
 
-
-class CVAE3(nn.Module):
+class CVAE3(ConditionalVAE):
     """p(z|x) p(y|x,z): predicts y from x (Sohn et al. 2015); guide q(z|x,y).
 
     log p(y|x) >= E_q[log p(y|x,z)] - KL(q(z|x,y) || p(z|x))"""
 
     observed = "y"
-    conditional = True
     prior_input = "x"
-
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="categorical", prior="conditional",
-                 guide="diagonal"):
-        super().__init__()
-        self.encoder = make_part("guide", GUIDES, guide, x_dim + y_dim, hidden, z_dim)
-        self.prior = make_prior(self, prior, z_dim, x_dim, hidden, x_dim + y_dim)
-        self.decoder = make_part("likelihood", LIKELIHOODS, likelihood, x_dim + z_dim, hidden, y_dim)
+    decoder_input = ("x", "z")
+    defaults = {**ConditionalVAE.defaults, "likelihood": "categorical"}
+    likelihoods = ("categorical",)  # y is a one-hot class label here (the quadrant task passes its own part)
 
     def model(self, x, y):
-        pyro.module("prior", self.prior)
-        pyro.module("decoder", self.decoder)
+        self.register("prior", "decoder")
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x))
             pyro.sample("y", self.decoder(cat(x, z)), obs=y)
 
-    def guide(self, x, y):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(cat(x, y)))
 
-
-class CVAE4(nn.Module):
+class CVAE4(ConditionalVAE):
     """p(z|y) p(x|z): y reaches x only through z (CMMA, Pandey & Dukkipati); guide q(z|x,y).
 
     log p(x|y) >= E_q[log p(x|z)] - KL(q(z|x,y) || p(z|y))"""
 
-    observed = "x"
-    conditional = True
     prior_input = "y"
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="bernoulli", prior="conditional",
-                 guide="diagonal"):
-        super().__init__()
-        self.encoder = make_part("guide", GUIDES, guide, x_dim + y_dim, hidden, z_dim)
-        self.prior = make_prior(self, prior, z_dim, y_dim, hidden, x_dim + y_dim)
-        self.decoder = make_part("likelihood", LIKELIHOODS, likelihood, z_dim, hidden, x_dim)
-
     def model(self, x, y):
-        pyro.module("prior", self.prior)
-        pyro.module("decoder", self.decoder)
+        self.register("prior", "decoder")
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(y))
             pyro.sample("x", self.decoder(z), obs=x)
-
-    def guide(self, x, y):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.encoder(cat(x, y)))
 
 
 class AE(VAE):
@@ -171,9 +224,8 @@ class AE(VAE):
     The ELBO becomes log p(x|f(x)) + log p(f(x)): reconstruction plus a prior penalty on the
     code, with no entropy term, so nothing fills the latent space between the codes."""
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood="bernoulli", prior="normal",
-                 guide="delta"):
-        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide)
+    defaults = {**VAE.defaults, "guide": "delta"}
+    guides = ("delta",)
 
 
 class DAE(AE):
@@ -191,35 +243,21 @@ class DAE(AE):
 MODELS = {"vae": VAE, "cvae1": CVAE1, "cvae2": CVAE2, "cvae3": CVAE3, "cvae4": CVAE4, "ae": AE, "dae": DAE}
 
 
-def make_prior(model, choice, z_dim, c_dim, hidden, guide_in_dim):
-    """The prior part, refused where the model's graph gives it no input it needs."""
-    name = type(model).__name__.lower()
-    prior = make_part("prior", PRIORS, choice, z_dim, c_dim, hidden)
-    label = f"prior {choice!r}" if isinstance(choice, str) else f"prior {type(prior).__name__}"
-    if getattr(prior, "conditional", False) and model.prior_input is None:
-        unconditional = [k for k, v in PRIORS.items() if not getattr(v, "conditional", True)]
-        raise UserError(f"{label} needs a conditioning input, and {name}'s prior p(z) has none; "
-                        f"choose from {', '.join(unconditional)}")
-    if choice == "class-mean" and model.prior_input != "y":
-        raise UserError(f"{label} needs a class label as the prior's input; {name}'s prior is "
-                        f"conditioned on {model.prior_input or 'nothing'} (use it with cvae1 or cvae4)")
-    if hasattr(prior, "attach"):
-        if not getattr(model.encoder, "has_density", True):
-            raise UserError(f"{label} is a mixture of the guide's densities; the delta guide has none")
-        prior.attach(model.encoder, guide_in_dim)
-    return prior
+def model_class(name):
+    """The class of a model name, or a UserError listing the names."""
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
     """A model from the table by name. Parts left as None take the model's own defaults; each may
-    be a name from its table in parts.py, a constructor of your own, or a built module."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    be a name from its table in parts.py, an import path "module:Name", a constructor of your
+    own, or a built module."""
+    cls = model_class(name)
     for what, value in [("z_dim", z_dim), ("hidden", hidden), ("x_dim", x_dim)]:
-        if value <= 0:
-            raise UserError(f"{what} must be positive, got {value}")
-    parts = {k: v for k, v in [("likelihood", likelihood), ("prior", prior), ("guide", guide)] if v is not None}
-    return MODELS[name](x_dim, y_dim, z_dim=z_dim, hidden=hidden, **parts)
+        positive_int(what, value)
+    return cls(x_dim, y_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, prior=prior, guide=guide)
 
 
 def model_inputs(model, x, labels, n_classes):

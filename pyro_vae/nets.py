@@ -1,4 +1,5 @@
-"""Networks: plain MLPs, and the one helper that joins inputs that carry particle dimensions."""
+"""Networks: plain MLPs, and the one helper that joins inputs that carry particle dimensions
+(layer 2: imports nothing of the package)."""
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""The swappable parts of a model: priors, guides and likelihoods.
+"""The swappable parts of a model: priors, guides and likelihoods (layer 3: imports nets).
 
 Each part is an `nn.Module` whose forward returns a Pyro distribution over one example's
 variable with event dim 1, so a model samples it inside its batch plate:
@@ -7,14 +7,20 @@ variable with event dim 1, so a model samples it inside its batch plate:
     guide:       encoder(h) -> q(z|h)      h: what the guide sees (x, or x and y)
     likelihood:  decoder(h) -> p(x|h)      h: what the decoder sees (z, or z and y)
 
-Each table below maps a name to a constructor with the same arguments as the others in its
-table; a constructor (or class) of your own with those arguments, or a built module, can be
-passed instead of a name:
+Each kind is built with one keyword-only call, the same for every entry of its table:
 
-    prior:       Prior(z_dim, c_dim, hidden)     c_dim == 0 when the model gives it no input
-    guide:       Guide(in_dim, hidden, z_dim)
-    likelihood:  Decoder(in_dim, hidden, out_dim)
+    prior:       Prior(z_dim=, c_dim=, hidden=)       c_dim == 0 when the model gives it no input
+    guide:       Guide(in_dim=, z_dim=, hidden=)
+    likelihood:  Likelihood(in_dim=, out_dim=, hidden=)
+
+so a constructor (or class) of your own with parameters of those names, in any order, plugs in
+beside the built-in ones; so does a built module, or the import path "package.module:Name" of a
+constructor (how a run directory records a part of your own). What the rest of the package may
+read off a part besides its forward is the `PartContract` below.
 """
+
+import importlib
+from typing import Protocol
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -33,7 +39,7 @@ class StandardNormal(nn.Module):
 
     conditional = False
 
-    def __init__(self, z_dim, c_dim=0, hidden=0):
+    def __init__(self, *, z_dim, c_dim=0, hidden=0):
         super().__init__()
         self.register_buffer("loc", torch.zeros(z_dim))
 
@@ -47,7 +53,7 @@ class ClassMean(nn.Module):
 
     conditional = True
 
-    def __init__(self, z_dim, c_dim, hidden=0):
+    def __init__(self, *, z_dim, c_dim, hidden=0):
         super().__init__()
         self.means = nn.Linear(c_dim, z_dim, bias=False)
 
@@ -58,11 +64,11 @@ class ClassMean(nn.Module):
 
 class GaussianNet(nn.Module):
     """A diagonal Gaussian whose mean and scale an MLP reads off its input: the guide q(z|x) or
-    q(z|x,y) (as Guide(in_dim, hidden, z_dim)), and the conditional prior network p(z|c)."""
+    q(z|x,y), and (through `conditional_gaussian`) the conditional prior network p(z|c)."""
 
     conditional = True
 
-    def __init__(self, in_dim, hidden, z_dim):
+    def __init__(self, *, in_dim, z_dim, hidden):
         super().__init__()
         self.net = MLP(in_dim, hidden, 2 * z_dim)
 
@@ -71,8 +77,12 @@ class GaussianNet(nn.Module):
         return dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1)
 
 
-def conditional_gaussian(z_dim, c_dim, hidden):
-    return GaussianNet(c_dim, hidden, z_dim)
+def conditional_gaussian(*, z_dim, c_dim, hidden):
+    """p(z|c): the Gaussian network of the prior's input c."""
+    return GaussianNet(in_dim=c_dim, z_dim=z_dim, hidden=hidden)
+
+
+conditional_gaussian.conditional = True
 
 
 class MixtureOfGaussians(nn.Module):
@@ -80,7 +90,7 @@ class MixtureOfGaussians(nn.Module):
 
     conditional = False
 
-    def __init__(self, z_dim, c_dim=0, hidden=0, components=10):
+    def __init__(self, *, z_dim, c_dim=0, hidden=0, components=10):
         super().__init__()
         self.locs = nn.Parameter(torch.randn(components, z_dim))
         self.raw_scales = nn.Parameter(torch.zeros(components, z_dim))
@@ -98,7 +108,7 @@ class VampPrior(nn.Module):
 
     conditional = False
 
-    def __init__(self, z_dim, c_dim=0, hidden=0, pseudo_inputs=50):
+    def __init__(self, *, z_dim, c_dim=0, hidden=0, pseudo_inputs=50):
         super().__init__()
         self.pseudo_inputs = pseudo_inputs
         self.encoder = None
@@ -131,7 +141,7 @@ class LowRankGaussian(nn.Module):
     """q(z|h) = N(mu, W W^T + diag d) with W of rank `rank`: correlated posteriors.
     With rank = z_dim it is a full-covariance Gaussian."""
 
-    def __init__(self, in_dim, hidden, z_dim, rank=2):
+    def __init__(self, *, in_dim, z_dim, hidden, rank=2):
         super().__init__()
         self.z_dim, self.rank = z_dim, rank
         self.net = MLP(in_dim, hidden, z_dim * (2 + rank))
@@ -148,9 +158,9 @@ class FlowGuide(nn.Module):
     autoregressive flows (`pyro.distributions.transforms.affine_autoregressive`). Sampling
     and the density of its own samples each take one pass."""
 
-    def __init__(self, in_dim, hidden, z_dim, flows=2):
+    def __init__(self, *, in_dim, z_dim, hidden, flows=2):
         super().__init__()
-        self.base = GaussianNet(in_dim, hidden, z_dim)
+        self.base = GaussianNet(in_dim=in_dim, z_dim=z_dim, hidden=hidden)
         self.flows = nn.ModuleList([T.affine_autoregressive(z_dim, hidden_dims=[max(hidden, 2 * z_dim)])
                                     for _ in range(flows)])
 
@@ -164,7 +174,7 @@ class DeltaGuide(nn.Module):
 
     has_density = False
 
-    def __init__(self, in_dim, hidden, z_dim):
+    def __init__(self, *, in_dim, z_dim, hidden):
         super().__init__()
         self.net = MLP(in_dim, hidden, z_dim)
 
@@ -180,7 +190,7 @@ GUIDES = {"diagonal": GaussianNet, "lowrank": LowRankGaussian, "iaf": FlowGuide,
 class BernoulliDecoder(nn.Module):
     """p(x|h) = prod_i Bernoulli(x_i | sigmoid(logit_i(h))), for binarized pixels."""
 
-    def __init__(self, in_dim, hidden, out_dim):
+    def __init__(self, *, in_dim, out_dim, hidden):
         super().__init__()
         self.net = MLP(in_dim, hidden, out_dim)
 
@@ -200,7 +210,7 @@ class NormalDecoder(nn.Module):
     """p(x|h) = N(sigmoid(mean(h)), sigma^2) per pixel; sigma learned per pixel, or fixed
     when `scale` is given. A density on grey pixels: its log-likelihoods can be positive."""
 
-    def __init__(self, in_dim, hidden, out_dim, scale=None):
+    def __init__(self, *, in_dim, out_dim, hidden, scale=None):
         super().__init__()
         self.net = MLP(in_dim, hidden, out_dim)
         self.fixed_scale = scale
@@ -216,7 +226,7 @@ class NormalDecoder(nn.Module):
 class CategoricalDecoder(nn.Module):
     """p(y|h) = Categorical(softmax(logits(h))) over a one-hot y: a class label as the output."""
 
-    def __init__(self, in_dim, hidden, out_dim):
+    def __init__(self, *, in_dim, out_dim, hidden):
         super().__init__()
         self.net = MLP(in_dim, hidden, out_dim)
 
@@ -232,14 +242,68 @@ LIKELIHOODS = {
 }
 
 
-def make_part(kind, table, choice, *args):
-    """A part from its name, a constructor or class of the table's signature, or a built module."""
-    if isinstance(choice, nn.Module):
-        return choice
+# The likelihoods over pixels; "categorical" is over a class label.
+PIXEL_LIKELIHOODS = ("bernoulli", "cbernoulli", "normal")
+# Likelihoods over grey levels: the data pipeline binarizes pixels for every other one.
+GREY_LIKELIHOODS = ("cbernoulli", "normal")
+
+
+class PartContract(Protocol):
+    """What the models, estimators and runs may assume of a part, beyond `forward` returning a
+    distribution with event dim 1 (every attribute is optional: the defaults hold without it).
+
+    conditional   a prior: whether it needs an input c (default False for a prior of your own)
+    has_density   a guide: False for a point mass, which has no importance-sampled estimate
+    attach(encoder, in_dim)
+                  a prior built from the guide (the VampPrior): the model calls it once, with the
+                  guide's encoder and its input size, right after building both
+    """
+
+    def forward(self, h): ...
+
+
+def import_path(obj):
+    """"package.module:Name" of a class or function that another process can import again, or
+    None for one it cannot (defined in __main__ or inside a function)."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    if not module or module == "__main__" or "<locals>" in name:
+        return None
+    try:
+        found = import_object(f"{module}:{name}")
+    except UserError:
+        return None
+    return f"{module}:{name}" if found is obj else None
+
+
+def import_object(path):
+    """The object an import path "package.module:Name" names, or a UserError saying why not."""
+    module_name, _, name = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for attr in name.split("."):
+            obj = getattr(obj, attr)
+    except Exception as e:  # ImportError, AttributeError, or the module's own failure on import
+        raise UserError(f"cannot import {path!r} ({type(e).__name__}: {e}); make its module importable "
+                        f"(installed, or on PYTHONPATH)") from None
+    return obj
+
+
+def constructor(kind, table, choice):
+    """What builds a part: the table's entry for a name, the object an import path "module:Name"
+    names, or `choice` itself (a constructor, a class or an already built module)."""
     if isinstance(choice, str):
+        if ":" in choice:
+            return import_object(choice)
         if choice not in table:
             raise UserError(f"unknown {kind} {choice!r}; choose from {', '.join(table)}")
-        return table[choice](*args)
-    if callable(choice):
-        return choice(*args)
-    raise UserError(f"a {kind} is a name, a constructor or an nn.Module, not {type(choice).__name__}")
+        return table[choice]
+    if isinstance(choice, nn.Module) or callable(choice):
+        return choice
+    raise UserError(f"a {kind} is a name, an import path, a constructor or an nn.Module, not {type(choice).__name__}")
+
+
+def make_part(kind, table, choice, **sizes):
+    """A part from its name, an import path "module:Name", a constructor or class taking the
+    kind's keyword arguments, or a built module."""
+    made = constructor(kind, table, choice)
+    return made if isinstance(made, nn.Module) else made(**sizes)

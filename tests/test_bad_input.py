@@ -13,23 +13,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae import Config, UserError, download, load_dataset, train
-from pyro_vae.cli import main
+from pyro_vae import Config, UserError, download, train
 from pyro_vae.data import read_idx
-from pyro_vae.models import build_model
-from pyro_vae.runs import load_checkpoint, make_run_dir, save_checkpoint
+from pyro_vae.runs import load_checkpoint
 
 SMALL = ["--hidden", "8", "--z-dim", "2", "--train-size", "64", "--epochs", "1", "--quiet", "--device", "cpu"]
-
-
-def one_line_error(capsys, argv, *needles, code=2):
-    """Run the CLI in-process; its stderr must be one `pyro-vae: error:` line holding every needle."""
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("pyro-vae: error: "), err
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
 
 
 # ---- names, combinations, sizes -------------------------------------------------------------
@@ -40,8 +28,8 @@ def one_line_error(capsys, argv, *needles, code=2):
     ("--elbo", "renyi", "trace, meanfield"),
     ("--likelihood", "poisson", "bernoulli"),
 ])
-def test_unknown_name_lists_the_valid_ones(capsys, option, value, valid):
-    err = one_line_error(capsys, ["train", option, value], value)
+def test_unknown_name_lists_the_valid_ones(cli_error, option, value, valid):
+    err = cli_error(["train", option, value], value)
     assert all(name in err for name in valid.split(", "))
 
 
@@ -60,9 +48,9 @@ def test_unknown_name_in_the_api_raises_user_error(tmp_path, setting, value, val
     (["--model", "vae", "--likelihood", "categorical"], "only fits cvae3"),
     (["--resume", "RUN", "--model", "cvae1"], "--resume"),
 ])
-def test_impossible_combination(capsys, tmp_path, argv, needle):
+def test_impossible_combination(cli_error, tmp_path, argv, needle):
     argv = [str(tmp_path) if a == "RUN" else a for a in argv]
-    one_line_error(capsys, ["train", *argv, *SMALL, "--out", str(tmp_path / "x")], needle)
+    cli_error(["train", *argv, *SMALL, "--out", str(tmp_path / "x")], needle)
 
 
 @pytest.mark.parametrize("option, value", [
@@ -70,8 +58,8 @@ def test_impossible_combination(capsys, tmp_path, argv, needle):
     ("--train-size", "0"), ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"), ("--clip-grad", "0"),
     ("--epochs", "two"),
 ])
-def test_non_positive_sizes_rates_and_epochs(capsys, option, value):
-    one_line_error(capsys, ["train", option, value], option)
+def test_non_positive_sizes_rates_and_epochs(cli_error, option, value):
+    cli_error(["train", option, value], option)
 
 
 @pytest.mark.parametrize("setting, value", [
@@ -83,8 +71,8 @@ def test_non_positive_settings_in_the_api(setting, value):
         Config(**{setting: value}).resolved()
 
 
-def test_unknown_device(capsys):
-    one_line_error(capsys, ["train", "--device", "tpu", *SMALL[:-2]], "unknown device 'tpu'")
+def test_unknown_device(cli_error):
+    cli_error(["train", "--device", "tpu", *SMALL[:-2]], "unknown device 'tpu'")
 
 
 # ---- data files ----------------------------------------------------------------------------
@@ -140,21 +128,21 @@ def spoil(target, how):
     ("magic", "bad IDX magic number"),
     ("length", "bytes of data, file holds"),
 ])
-def test_corrupt_data_file(capsys, tmp_path, no_other_data, how, needle):
+def test_corrupt_data_file(cli_error, tmp_path, no_other_data, how, needle):
     folder = write_idx_set(tmp_path / "data", damage=spoil("train-images-idx3-ubyte.gz", how))
-    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL,
-                            "--out", str(tmp_path / "run")], needle, "train-images-idx3-ubyte.gz")
+    cli_error(["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL,
+              "--out", str(tmp_path / "run")], needle, "train-images-idx3-ubyte.gz")
 
 
-def test_missing_data_file(capsys, tmp_path, no_other_data):
-    one_line_error(capsys, ["train", "--dataset", "kmnist", "--data-dir", str(tmp_path / "empty"), *SMALL],
-                   "kmnist: train split not found", "pyro-vae download kmnist")
+def test_missing_data_file(cli_error, tmp_path, no_other_data):
+    cli_error(["train", "--dataset", "kmnist", "--data-dir", str(tmp_path / "empty"), *SMALL],
+              "kmnist: train split not found", "pyro-vae download kmnist")
 
 
-def test_label_out_of_range(capsys, tmp_path, no_other_data):
+def test_label_out_of_range(cli_error, tmp_path, no_other_data):
     folder = write_idx_set(tmp_path / "data", labels=[3] * 39 + [12])
-    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL],
-                   "label 12 out of range 0..9")
+    cli_error(["train", "--dataset", "mnist", "--data-dir", str(folder), *SMALL],
+              "label 12 out of range 0..9")
 
 
 def test_download_checksum_mismatch(tmp_path):
@@ -198,37 +186,27 @@ def test_idx_reader_fuzz_raises_only_user_errors(tmp_path, blob):
 
 # ---- checkpoints and run directories -------------------------------------------------------
 
-def fake_run(folder, model="vae"):
-    """A run directory with config.json and an (untrained) checkpoint, without training."""
-    config = Config(model=model, hidden=8, z_dim=2, device="cpu").resolved()
-    data = load_dataset("digits")
-    net = build_model(model, data.x_dim, data.n_classes, z_dim=2, hidden=8, likelihood=config.likelihood)
-    run = make_run_dir(folder, config)
-    save_checkpoint(run, net, torch.optim.Adam(net.parameters()), 1, config, [])
-    return run
-
-
-def test_checkpoint_from_another_model(capsys, tmp_path):
+def test_checkpoint_from_another_model(cli_error, tmp_path, fake_run):
     vae, cvae1 = fake_run(tmp_path / "vae"), fake_run(tmp_path / "cvae1", "cvae1")
     (cvae1 / "checkpoint.pt").write_bytes((vae / "checkpoint.pt").read_bytes())
-    one_line_error(capsys, ["evaluate", str(cvae1), "--iw-samples", "2", "--quiet"],
-                   "another model or configuration", "model 'vae' (config.json: 'cvae1')")
-    one_line_error(capsys, ["train", "--resume", str(cvae1), "--quiet"], "another model or configuration")
+    cli_error(["evaluate", str(cvae1), "--iw-samples", "2", "--quiet"],
+              "another model or configuration", "model 'vae' (config.json: 'cvae1')")
+    cli_error(["train", "--resume", str(cvae1), "--quiet"], "another model or configuration")
 
 
-def test_checkpoint_with_weights_of_another_shape(capsys, tmp_path):
+def test_checkpoint_with_weights_of_another_shape(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     state = load_checkpoint(run / "checkpoint.pt")
     state["model"]["encoder.net.0.weight"] = torch.zeros(3, 3)
     torch.save(state, run / "checkpoint.pt")
-    one_line_error(capsys, ["sample", str(run)], "does not fit the model in config.json")
+    cli_error(["sample", str(run)], "does not fit the model in config.json")
 
 
-def test_truncated_checkpoint(capsys, tmp_path):
+def test_truncated_checkpoint(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     raw = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(raw[: len(raw) // 2])
-    one_line_error(capsys, ["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not a loadable pyro-vae checkpoint")
+    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not a loadable pyro-vae checkpoint")
 
 
 class Payload:
@@ -241,33 +219,33 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-def test_pickled_checkpoint_is_refused(capsys, tmp_path):
+def test_pickled_checkpoint_is_refused(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     marker = tmp_path / "code-ran"
     state = load_checkpoint(run / "checkpoint.pt")
     state["extra"] = Payload(str(marker))
     torch.save(state, run / "checkpoint.pt")
-    one_line_error(capsys, ["evaluate", str(run), "--iw-samples", "2", "--quiet"], "refused", "pickled")
-    one_line_error(capsys, ["train", "--resume", str(run), "--quiet"], "refused")
+    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "refused", "pickled")
+    cli_error(["train", "--resume", str(run), "--quiet"], "refused")
     assert not marker.exists()
 
 
-def test_output_directory_that_cannot_be_written(capsys, tmp_path):
+def test_output_directory_that_cannot_be_written(cli_error, tmp_path):
     (tmp_path / "a-file").write_text("")
-    one_line_error(capsys, ["train", *SMALL, "--out", str(tmp_path / "a-file" / "run")], "cannot write the run directory")
+    cli_error(["train", *SMALL, "--out", str(tmp_path / "a-file" / "run")], "cannot write the run directory")
 
 
-def test_resume_of_something_that_is_not_a_run(capsys, tmp_path):
-    one_line_error(capsys, ["train", "--resume", str(tmp_path)], "not a run directory")
+def test_resume_of_something_that_is_not_a_run(cli_error, tmp_path):
+    cli_error(["train", "--resume", str(tmp_path)], "not a run directory")
     (tmp_path / "config.json").write_text("{not json")
-    one_line_error(capsys, ["train", "--resume", str(tmp_path)], "config.json is not readable")
+    cli_error(["train", "--resume", str(tmp_path)], "config.json is not readable")
 
 
-def test_sample_label_out_of_range(capsys, tmp_path):
+def test_sample_label_out_of_range(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run", "cvae1")
-    one_line_error(capsys, ["sample", str(run), "--label", "12"], "label 12 out of range 0..9")
+    cli_error(["sample", str(run), "--label", "12"], "label 12 out of range 0..9")
 
 
-def test_config_json_keeps_every_setting(tmp_path):
+def test_config_json_keeps_every_setting(tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     assert json.loads((run / "config.json").read_text())["clip_grad"] is None

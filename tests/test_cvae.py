@@ -12,23 +12,21 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyro_vae import build_model, load_dataset, model_inputs
-from pyro_vae.evaluate import accuracy, elbo_per_example, importance_sampled, predict
-from pyro_vae.train import fit, make_elbo
+from pyro_vae import model_inputs
+from pyro_vae.estimators import accuracy, elbo_per_example, importance_sampled, predict
+from pyro_vae import fit, make_elbo
 
-torch.set_num_threads(1)
-X, Y, Z, B = 64, 10, 3, 5
+X, Y, Z, B = 64, 10, 3, 5  # X and Y are digits' sizes, those make_model gives a model without data
 CONDITIONAL = ["cvae1", "cvae2", "cvae3", "cvae4"]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize=True)
+@pytest.fixture
+def small(make_model):
+    def build(name, **kw):
+        pyro.set_rng_seed(0)
+        return make_model(name, z_dim=Z, hidden=16, **kw)
 
-
-def small(name, **kw):
-    pyro.set_rng_seed(0)
-    return build_model(name, X, Y, z_dim=Z, hidden=16, **kw)
+    return build
 
 
 def inputs(seed=0):
@@ -46,7 +44,7 @@ def traces(model, x, y, z=None):
 # ---- graph structure -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["vae"] + CONDITIONAL)
-def test_sites_and_shapes(name):
+def test_sites_and_shapes(small, name):
     model = small(name)
     x, y = inputs()
     tr, guide_tr = traces(model, x, y if model.conditional else None)
@@ -73,7 +71,7 @@ def decoded(model, x, y, z):
 
 @pytest.mark.parametrize("name,prior_sees_y,decoder_sees_y", [
     ("cvae1", True, True), ("cvae2", False, True), ("cvae4", True, False)])
-def test_what_depends_on_y(name, prior_sees_y, decoder_sees_y):
+def test_what_depends_on_y(small, name, prior_sees_y, decoder_sees_y):
     model = small(name)
     x, y = inputs(0)
     _, y2 = inputs(1)
@@ -87,7 +85,7 @@ def test_what_depends_on_y(name, prior_sees_y, decoder_sees_y):
     assert not torch.allclose(q(x, y), q(x, y2)) and not torch.allclose(q(x, y), q(x2, y))
 
 
-def test_cvae3_prior_reads_x_not_y():
+def test_cvae3_prior_reads_x_not_y(small):
     model = small("cvae3")
     x, y = inputs(0)
     x2, y2 = inputs(1)
@@ -100,12 +98,12 @@ def test_cvae3_prior_reads_x_not_y():
 # ---- training and the estimator on digits ------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def trained(digits):
+def trained(digits, make_model):
     """Each variant before and after 15 epochs on digits: {name: (model, val ELBO before, after)}."""
     out = {}
     for name in ["vae"] + CONDITIONAL:
         pyro.set_rng_seed(0)
-        model = build_model(name, digits.x_dim, digits.n_classes, z_dim=4, hidden=32)
+        model = make_model(name, digits, z_dim=4, hidden=32)
         args = model_inputs(model, *digits.splits["val"], digits.n_classes)
         before = elbo_per_example(model.model, model.guide, *args, particles=10).mean().item()
         fit(model, digits, epochs=15, batch_size=64, lr=3e-3, elbo=make_elbo(), progress=False)
@@ -197,7 +195,7 @@ def test_conditional_estimator_known_answer():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from pyro_vae.classifier import reference_classifier
+    from pyro_vae.runs.classifier import reference_classifier
 
     path = tmp_path_factory.mktemp("cls") / "digits.pt"
     first = reference_classifier("digits", path=path, progress=False)
@@ -212,7 +210,7 @@ def test_reference_classifier(reference, digits):
 
 
 def test_label_fidelity(trained, digits, reference):
-    from pyro_vae.classifier import label_fidelity
+    from pyro_vae.estimators import label_fidelity
 
     for name in ["cvae1", "cvae2", "cvae4"]:
         result = label_fidelity(trained[name][0], digits, reference, per_class=20)
@@ -241,7 +239,7 @@ def test_evaluate_run_keys(tmp_path, name, reference):
 # ---- quadrant completion -----------------------------------------------------------------------
 
 def test_quadrant_masks():
-    from pyro_vae.quadrants import given_mask
+    from pyro_vae.runs.quadrants import given_mask
 
     m = [given_mask(n, (8, 8)).reshape(8, 8) for n in (1, 2, 3)]
     assert [int(g.sum()) for g in m] == [16, 32, 48]
@@ -249,8 +247,8 @@ def test_quadrant_masks():
 
 
 def test_quadrant_models_score_only_hidden_pixels_and_gsnn_kl_cancels(digits):
-    from pyro_vae.evaluate import log_weights
-    from pyro_vae.quadrants import build, gsnn_guide, split
+    from pyro_vae.estimators import log_weights
+    from pyro_vae.runs.quadrants import build, gsnn_guide, split
 
     images = digits.splits["test"][0][:B]
     for name in ("baseline", "cvae3"):
@@ -276,7 +274,7 @@ def test_quadrant_models_score_only_hidden_pixels_and_gsnn_kl_cancels(digits):
 
 
 def test_run_quadrants_on_digits(tmp_path):
-    from pyro_vae.quadrants import redraw, run_quadrants
+    from pyro_vae.runs.quadrants import redraw, run_quadrants
 
     rows = run_quadrants(tmp_path, dataset="digits", given=[2], epochs=3, z_dim=3, hidden=32, iw_samples=20,
                          examples=100, progress=False)
@@ -294,7 +292,7 @@ def test_run_quadrants_on_digits(tmp_path):
 
 def test_bad_classifier_file_is_a_user_error(tmp_path):
     from pyro_vae import UserError
-    from pyro_vae.classifier import reference_classifier
+    from pyro_vae.runs.classifier import reference_classifier
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")

@@ -12,9 +12,11 @@ import torch.multiprocessing as mp
 
 from pyro_vae import distributed, load_dataset
 from pyro_vae.models import build_model, model_inputs
+from pyro_vae.objectives import make_elbo
 from pyro_vae.runs import load_checkpoint
+from pyro_vae.svi import Trainer
 
-train_module = importlib.import_module("pyro_vae.train")  # the package's `train` is the function
+training = importlib.import_module("pyro_vae.runs.training")
 SETTINGS = dict(model="cvae1", dataset="digits", hidden=16, z_dim=2, train_size=200, batch_size=32, epochs=2,
                 device="cpu", seed=3)
 
@@ -43,16 +45,16 @@ def worker(rank, out, port):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     without_noise()
-    fit = train_module.fit
+    run = Trainer.run
 
-    def fit_and_keep(model, data, *args, **kwargs):  # every rank's final weights, not only rank 0's checkpoint
-        history = fit(model, data, *args, **kwargs)
-        torch.save({"model": model.state_dict(), "history": history, "world": dist.get_world_size(),
-                    "grads": batch_gradient(model, data)}, out / f"rank{rank}.pt")
+    def run_and_keep(trainer, data, *args, **kwargs):  # every rank's final weights, not only rank 0's checkpoint
+        history = run(trainer, data, *args, **kwargs)
+        torch.save({"model": trainer.model.state_dict(), "history": history, "world": dist.get_world_size(),
+                    "grads": batch_gradient(trainer.model, data)}, out / f"rank{rank}.pt")
         return history
 
-    train_module.fit = fit_and_keep
-    train_module.train(out=out / "run", progress=False, **SETTINGS)
+    Trainer.run = run_and_keep  # in this worker process only
+    training.train(out=out / "run", progress=False, **SETTINGS)
 
 
 def batch_gradient(model, data, n=40):
@@ -60,7 +62,7 @@ def batch_gradient(model, data, n=40):
     it must be the whole batch's gradient (Adam would hide a wrong scale, so it is checked directly)."""
     x, y = data.splits["val"]
     part = distributed.shard(n)
-    loss_fn = distributed.loss_module(model, train_module.make_elbo())
+    loss_fn = distributed.loss_module(model, make_elbo())
     model.zero_grad()
     distributed.backward(loss_fn(*model_inputs(model, x[:n][part], y[:n][part], data.n_classes)))
     return {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -78,7 +80,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.distributions.normal, "_standard_normal",
                         lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
-    train_module.train(out=tmp_path / "single", progress=False, **SETTINGS)
+    training.train(out=tmp_path / "single", progress=False, **SETTINGS)
     single = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
 
     losses = [(m["train_elbo"], m["val_elbo"]) for m in ranks[0]["history"]]

@@ -17,23 +17,9 @@ from torch.overrides import TorchFunctionMode
 
 import pyro_vae
 from pyro_vae.data import binarize
-from pyro_vae.train import DeviceTrace_ELBO, ScaleLatents
+from pyro_vae.objectives import DeviceTrace_ELBO, ScaleLatents
 
 Z, H = 4, 32  # small networks keep the file fast
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: with several threads on a shared CPU the thread pool's hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return pyro_vae.load_dataset("digits")
 
 
 def batch(data, n=32):
@@ -42,11 +28,11 @@ def batch(data, n=32):
 
 
 @pytest.mark.parametrize("name", sorted(pyro_vae.MODELS))
-def test_same_loss_and_update_as_svi(digits, name):
+def test_same_loss_and_update_as_svi(digits, make_model, name):
     """Same parameters and noise: the same loss, and after one Adam step the same parameters."""
     pyro.clear_param_store()
     torch.manual_seed(0)
-    fast = pyro_vae.build_model(name, digits.x_dim, digits.n_classes, z_dim=Z, hidden=H)
+    fast = make_model(name, digits, z_dim=Z, hidden=H)
     plain = copy.deepcopy(fast)
     x, labels = batch(digits)
 
@@ -89,11 +75,11 @@ def val_elbo(model, data):
 
 
 @pytest.mark.parametrize("name", ["vae", "cvae2"])
-def test_trains_to_the_same_elbo_as_svi(digits, name):
+def test_trains_to_the_same_elbo_as_svi(digits, make_model, name):
     """Trained side by side from the same start, the two paths reach the same validation ELBO."""
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
-    fast = pyro_vae.build_model(name, digits.x_dim, digits.n_classes, z_dim=Z, hidden=H)
+    fast = make_model(name, digits, z_dim=Z, hidden=H)
     plain = copy.deepcopy(fast)
     start = val_elbo(fast, digits)
     history = pyro_vae.fit(fast, digits, epochs=10, batch_size=64, lr=3e-3, progress=False)
@@ -123,9 +109,9 @@ def loss_and_grads(elbo, model, guide, params, *args):
 
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 @pytest.mark.parametrize("name", ["vae", "cvae2", "cvae3"])
-def test_device_elbo_equals_trace_elbo(digits, name, beta):
+def test_device_elbo_equals_trace_elbo(digits, make_model, name, beta):
     """fit's DeviceTrace_ELBO: Trace_ELBO's value and gradient, also with the latents scaled (beta)."""
-    model = pyro_vae.build_model(name, digits.x_dim, digits.n_classes, z_dim=Z, hidden=H)
+    model = make_model(name, digits, z_dim=Z, hidden=H)
     x, labels = batch(digits)
     args = pyro_vae.model_inputs(model, x, labels, digits.n_classes)
     weight = ScaleLatents(beta)
@@ -184,13 +170,13 @@ class HostReads(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("name", ["vae", "cvae2"])
-def test_training_steps_do_not_read_the_device(name):
+def test_training_steps_do_not_read_the_device(make_model, name):
     """An epoch of 4 steps and one of 12 make the same number of host reads: none per step."""
     reads = []
     for steps in (4, 12):
         data = pyro_vae.load_dataset("digits", train_size=32 * steps)
         pyro.set_rng_seed(0)
-        model = pyro_vae.build_model(name, data.x_dim, data.n_classes, z_dim=Z, hidden=H)
+        model = make_model(name, data, z_dim=Z, hidden=H)
         with HostReads() as counter:
             pyro_vae.fit(model, data, epochs=1, batch_size=32, progress=False)
         reads.append(counter.count)

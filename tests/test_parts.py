@@ -14,7 +14,7 @@ from pyro_vae import (Config, UserError, build_model, fit, importance_sampled, l
 from pyro_vae.models import MODELS
 from pyro_vae.nets import MLP
 from pyro_vae.parts import GUIDES, LIKELIHOODS, PRIORS
-from pyro_vae.train import ScaleLatents, check_objective
+from pyro_vae.objectives import ScaleLatents, check_objective
 
 UNCONDITIONAL_PRIOR = {"vae", "cvae2", "ae", "dae"}
 ANALYTIC_KL_PRIORS = {"normal", "class-mean", "conditional"}
@@ -36,29 +36,28 @@ def expected_refusal(model, prior, guide, elbo):
     return None
 
 
-@pytest.fixture(scope="module")
-def tiny_digits():
-    return load_dataset("digits", train_size=32, val_size=0.02)
+@pytest.fixture
+def build_and_step(make_model):
+    def build_and_step(data, model_name, prior, guide, likelihood=None, elbo="trace", particles=1, **fit_kwargs):
+        """What `train` does, on a tiny budget: the same checks, then one SVI step."""
+        config = Config(model=model_name, prior=prior, guide=guide, likelihood=likelihood, elbo=elbo,
+                        particles=particles, z_dim=3, hidden=8, epochs=1, **fit_kwargs).resolved()
+        model = make_model(model_name, data, z_dim=3, hidden=8,
+                           likelihood=config.likelihood, prior=config.prior, guide=config.guide)
+        x, y = data.splits["val"]
+        check_objective(model, config.elbo, *model_inputs(model, x[:2], y[:2], data.n_classes))
+        before = [p.detach().clone() for p in model.parameters()]
+        history = fit(model, data, epochs=1, batch_size=32, elbo=make_elbo(elbo, particles, config.jit),
+                      beta=config.beta, warmup_epochs=config.warmup_epochs, progress=False)
+        assert torch.isfinite(torch.tensor(history[0]["train_elbo"])) and torch.isfinite(torch.tensor(history[0]["val_elbo"]))
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no parameter moved"
+        return model
 
-
-def build_and_step(data, model_name, prior, guide, likelihood=None, elbo="trace", particles=1, **fit_kwargs):
-    """What `train` does, on a tiny budget: the same checks, then one SVI step."""
-    config = Config(model=model_name, prior=prior, guide=guide, likelihood=likelihood, elbo=elbo,
-                    particles=particles, z_dim=3, hidden=8, epochs=1, **fit_kwargs).resolved()
-    model = build_model(model_name, data.x_dim, data.n_classes, z_dim=3, hidden=8,
-                        likelihood=config.likelihood, prior=config.prior, guide=config.guide)
-    x, y = data.splits["val"]
-    check_objective(model, config.elbo, *model_inputs(model, x[:2], y[:2], data.n_classes))
-    before = [p.detach().clone() for p in model.parameters()]
-    history = fit(model, data, epochs=1, batch_size=32, elbo=make_elbo(elbo, particles, config.jit),
-                  beta=config.beta, warmup_epochs=config.warmup_epochs, progress=False)
-    assert torch.isfinite(torch.tensor(history[0]["train_elbo"])) and torch.isfinite(torch.tensor(history[0]["val_elbo"]))
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "no parameter moved"
-    return model
+    return build_and_step
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_every_prior_guide_objective_combination_runs_or_is_refused(tiny_digits, model_name):
+def test_every_prior_guide_objective_combination_runs_or_is_refused(tiny_digits, build_and_step, model_name):
     ran = refused = 0
     for prior, guide, elbo in itertools.product(PRIORS, GUIDES, ["trace", "meanfield", "iwae"]):
         reason = expected_refusal(model_name, prior, guide, elbo)
@@ -76,14 +75,16 @@ def test_every_prior_guide_objective_combination_runs_or_is_refused(tiny_digits,
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "cbernoulli", "normal"])
 @pytest.mark.parametrize("model_name", ["vae", "cvae1", "cvae2", "cvae4", "ae"])
-def test_every_likelihood_on_every_image_model(likelihood, model_name):
-    data = load_dataset("digits", train_size=32, val_size=0.02, binarize=likelihood == "bernoulli")
+def test_every_likelihood_on_every_image_model(tiny_digits, build_and_step, likelihood, model_name):
+    # tiny_digits is this data set binarized
+    data = tiny_digits if likelihood == "bernoulli" else load_dataset("digits", train_size=32, val_size=0.02,
+                                                                      binarize=False)
     for elbo in ("trace", "iwae"):
         build_and_step(data, model_name, None, None, likelihood=likelihood, elbo=elbo,
                        particles=2 if elbo == "iwae" else 1)
 
 
-def test_beta_warmup_and_jit_combinations(tiny_digits):
+def test_beta_warmup_and_jit_combinations(tiny_digits, build_and_step):
     build_and_step(tiny_digits, "vae", "normal", "diagonal", beta=4.0, warmup_epochs=2)
     build_and_step(tiny_digits, "cvae1", "class-mean", "diagonal", elbo="meanfield", jit=True)
     with pytest.raises(UserError, match="cannot follow a KL warm-up"):
@@ -92,10 +93,10 @@ def test_beta_warmup_and_jit_combinations(tiny_digits):
         make_elbo("iwae", 2, jit=True)
 
 
-def test_unknown_part_names_list_the_valid_ones():
+def test_unknown_part_names_list_the_valid_ones(make_model):
     for kind, table in [("prior", PRIORS), ("guide", GUIDES), ("likelihood", LIKELIHOODS)]:
         with pytest.raises(UserError, match=f"unknown {kind} 'nope'; choose from {', '.join(table)}"):
-            build_model("vae", 64, 10, **{kind: "nope"})
+            make_model("vae", z_dim=50, hidden=400, **{kind: "nope"})  # build_model("vae", 64, 10) with its default sizes
     with pytest.raises(UserError, match="unknown objective 'nope'"):
         make_elbo("nope")
 
@@ -153,12 +154,11 @@ def test_beta_weights_exactly_the_kl_term():
     assert torch.allclose(losses[3.0] - losses[1.0], 2 * kl, atol=1e-4)
 
 
-def test_iwae_bound_rises_with_k_on_a_trained_model():
+def test_iwae_bound_rises_with_k_on_a_trained_model(digits):
     pyro.set_rng_seed(0)
-    data = load_dataset("digits")
-    model = build_model("vae", data.x_dim, z_dim=8, hidden=64)
-    fit(model, data, epochs=10, batch_size=64, progress=False)
-    x, _ = data.splits["test"]
+    model = build_model("vae", digits.x_dim, z_dim=8, hidden=64)
+    fit(model, digits, epochs=10, batch_size=64, progress=False)
+    x, _ = digits.splits["test"]
     # The K-sample bound from the same 60 draws per example, grouped: E[bound_K] rises with K.
     w = log_weights(model.model, model.guide, x, particles=60)  # (60, B)
     bounds = [(torch.logsumexp(w.reshape(60 // k, k, -1), 1) - math.log(k)).mean().item() for k in (1, 5, 60)]
@@ -197,22 +197,21 @@ def student_t_guide(in_dim, hidden, z_dim):
     return StudentT()
 
 
-def test_user_prior_and_guide_train_through_the_same_api():
+def test_user_prior_and_guide_train_through_the_same_api(digits):
     pyro.set_rng_seed(0)
-    data = load_dataset("digits")
-    model = build_model("vae", data.x_dim, z_dim=4, hidden=32, prior=LaplacePrior, guide=student_t_guide)
+    model = build_model("vae", digits.x_dim, z_dim=4, hidden=32, prior=LaplacePrior, guide=student_t_guide)
     assert isinstance(model.prior, LaplacePrior) and type(model.encoder).__name__ == "StudentT"
-    history = fit(model, data, epochs=6, batch_size=64, progress=False)
+    history = fit(model, digits, epochs=6, batch_size=64, progress=False)
     assert history[-1]["val_elbo"] > history[0]["val_elbo"] + 2
     assert model.prior.raw_scale.grad is not None  # the user's prior parameters were trained
-    x, _ = data.splits["test"]
+    x, _ = digits.splits["test"]
     log_lik, elbo = importance_sampled(model.model, model.guide, x, None, samples=20)
     assert (log_lik.mean() >= elbo.mean()).item()
     # A conditional user prior is refused on a model whose prior takes no input, by the same rule.
     LaplacePrior.conditional = True
     try:
         with pytest.raises(UserError, match="needs a conditioning input"):
-            build_model("vae", data.x_dim, z_dim=4, hidden=32, prior=LaplacePrior)
+            build_model("vae", digits.x_dim, z_dim=4, hidden=32, prior=LaplacePrior)
     finally:
         LaplacePrior.conditional = False
 

@@ -1,4 +1,5 @@
-"""Sohn et al. (2015)'s structured-output task: complete a binarized image from 1, 2 or 3 quadrants.
+"""`pyro-vae quadrants`: Sohn et al. (2015)'s structured-output task, complete a binarized image
+from 1, 2 or 3 quadrants (runs layer: a task with its own models, training and output folder).
 
 x = the image with its hidden quadrants set to -1 (Pyro's examples/cvae convention: -1 means
 "not given", unlike a black pixel), y = the whole binarized image, of which the likelihood counts
@@ -22,12 +23,14 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .data import load_dataset
-from .errors import UserError
-from .evaluate import elbo_per_example, importance_sampled
-from .models import CVAE3
-from .parts import BernoulliDecoder
-from .train import fit, make_elbo
+from .. import plots
+from ..data import load_dataset
+from ..errors import UserError
+from ..estimators import elbo_per_example, importance_sampled
+from ..models import CVAE3
+from ..objectives import make_elbo
+from ..parts import BernoulliDecoder
+from ..svi import fit
 
 
 def given_mask(n_given, shape=(28, 28)):
@@ -72,7 +75,7 @@ class Baseline(nn.Module):
 
     def __init__(self, x_dim, hidden, given):
         super().__init__()
-        self.decoder = HiddenPixels(BernoulliDecoder(x_dim, hidden, x_dim), given)
+        self.decoder = HiddenPixels(BernoulliDecoder(in_dim=x_dim, out_dim=x_dim, hidden=hidden), given)
 
     def model(self, x, y):
         pyro.module("decoder", self.decoder)
@@ -85,7 +88,7 @@ class Baseline(nn.Module):
 
 def quadrant_cvae(x_dim, z_dim, hidden, given):
     """cvae3 with y = the image: Bernoulli likelihood over the hidden pixels."""
-    model = CVAE3(x_dim, x_dim, z_dim=z_dim, hidden=hidden, likelihood="bernoulli")
+    model = CVAE3(x_dim, x_dim, z_dim=z_dim, hidden=hidden, likelihood=BernoulliDecoder)
     model.decoder = HiddenPixels(model.decoder, given)
     return model
 
@@ -134,7 +137,7 @@ def fit_quadrants(model, objective, data, epochs, batch_size=128, lr=1e-3):
     """`fit` on the objective, each dynamically binarized image split into (given x, hidden y);
     returns the seconds of each epoch."""
     given = model.decoder.hidden.logical_not()
-    history = fit(model, data, epochs, batch_size, lr, elbo=objective, progress=False,
+    history = fit(model, data, epochs, batch_size, lr, progress=False, elbo=objective,
                   inputs=lambda images, labels: split(images, given))
     return [m["seconds"] for m in history]
 
@@ -164,8 +167,6 @@ def completions(model, x, samples=4):
 
 def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0):
     """Rows: the given quadrants (hidden ones grey), the truth, then each model's completions."""
-    from .figures import image_grid
-
     pyro.set_rng_seed(seed)
     given = given_mask(n_given, data.shape)
     x, truth = split(data.splits["test"][0][:n_images], given)
@@ -174,7 +175,7 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
         c = completions(model, x, samples)
         rows += list(c)
         labels += [name] if len(c) == 1 else [f"{name} z{i + 1}" for i in range(len(c))]
-    return image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, gap=0.25,
+    return plots.image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, gap=0.25,
                       title=f"{data.name}, {n_given} given: mean of p(y|x,z), z ~ p(z|x)")
 
 

@@ -1,4 +1,4 @@
-"""Run directories: the settings of a run, its per-epoch metrics and its checkpoint.
+"""Run directories: the files of a run, written so that none is ever half-written (runs layer).
 
     RUN_DIR/config.json     every setting, enough to rebuild the model
     RUN_DIR/metrics.jsonl   one JSON object per epoch
@@ -9,128 +9,23 @@ complete version behind. The checkpoint also holds the optimizer, every random n
 state and the metrics history, so `train(resume=RUN_DIR)` continues exactly where it stopped.
 """
 
-import dataclasses
 import json
-import math
 import os
 import pickle
 import random
 import tempfile
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import DATASETS
-from .errors import UserError
-from .models import MODELS, build_model
-from .parts import LIKELIHOODS
+from ..data import load_dataset
+from ..errors import UserError
+from ..models import build_model
+from .config import ARCHITECTURE, Config, resolve_device
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
-
-# Sizes that fit each data set, used where a setting is left as None.
-DEFAULTS = {
-    "digits": {"z_dim": 8, "hidden": 128, "epochs": 100, "batch_size": 64},
-    "28x28": {"z_dim": 50, "hidden": 400, "epochs": 20, "batch_size": 256},
-}
-
-
-@dataclass
-class Config:
-    """Every setting of a training run. None means: the data set's default (see DEFAULTS)."""
-
-    model: str = "vae"
-    dataset: str = "digits"
-    data_dir: str = None
-    epochs: int = None
-    batch_size: int = None
-    lr: float = 1e-3
-    z_dim: int = None
-    hidden: int = None
-    likelihood: str = None
-    prior: str = None
-    guide: str = None
-    elbo: str = "trace"
-    particles: int = 1
-    beta: float = 1.0
-    warmup_epochs: int = 0
-    jit: bool = False
-    device: str = "auto"
-    seed: int = 0
-    train_size: int = None
-    val_size: float = 0.1
-    clip_grad: float = None  # clip the gradient's global norm to this; None: no clipping
-
-    def resolved(self):
-        """A copy with the data set's defaults filled in and every value checked."""
-        from .train import ELBOS  # here, not at the top: train.py imports this module
-
-        for what, value, valid in [("model", self.model, MODELS), ("data set", self.dataset, DATASETS),
-                                   ("objective", self.elbo, ELBOS)]:
-            if value not in valid:
-                raise UserError(f"unknown {what} {value!r}; choose from {', '.join(valid)}")
-        if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
-            raise UserError(f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
-        defaults = DEFAULTS["digits" if self.dataset == "digits" else "28x28"]
-        filled = {k: defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k)
-                  for k in self.to_dict()}
-        c = Config(**filled)
-        if c.likelihood is None:  # each model's own default, written out so config.json is complete
-            c.likelihood = "categorical" if c.model == "cvae3" else "bernoulli"
-        if c.prior is None:
-            c.prior = "conditional" if c.model in ("cvae1", "cvae3", "cvae4") else "normal"
-        if c.guide is None:  # an autoencoder is the VAE with a point-mass guide
-            c.guide = "delta" if c.model in ("ae", "dae") else "diagonal"
-        if c.model in ("ae", "dae") and c.guide != "delta":
-            raise UserError(f"{c.model} is the autoencoder: its guide is delta, not {c.guide!r} (use --model vae)")
-        for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
-            if not isinstance(getattr(c, name), int) or getattr(c, name) <= 0:
-                raise UserError(f"{name} must be a positive whole number, got {getattr(c, name)!r}")
-        for name in ("lr", "clip_grad"):
-            value = getattr(c, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
-                raise UserError(f"{name} must be a positive finite number, got {value!r}")
-        if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
-            raise UserError(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
-        if not 0 < c.val_size < 1:
-            raise UserError(f"val_size must be in (0, 1), got {c.val_size!r}")
-        if c.train_size is not None and (not isinstance(c.train_size, int) or c.train_size <= 0):
-            raise UserError(f"train_size must be a positive whole number, got {c.train_size!r}")
-        # cvae3's likelihood is over y, every other model's over the pixels x; y is a one-hot class
-        # label (models.model_inputs), so for cvae3 it is categorical (relax when y can be pixels)
-        if c.model == "cvae3" and c.likelihood != "categorical":
-            raise UserError(f"cvae3 predicts the class label y: its likelihood must be categorical, "
-                            f"not {c.likelihood!r}")
-        if c.model != "cvae3" and c.likelihood == "categorical":
-            raise UserError(f"{c.model} models pixels: the categorical likelihood (over a class label) "
-                            f"only fits cvae3; choose from "
-                            f"{', '.join(k for k in LIKELIHOODS if k != 'categorical')}")
-        if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
-            raise UserError(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
-        if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
-            raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
-                            "objective; drop --jit or those")
-        return c
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def atomic_write(path, write):
@@ -167,8 +62,6 @@ def read_metrics(run_dir):
 def make_run_dir(out, config):
     """Create (or reuse) the run directory and write config.json into it."""
     if out is None:
-        import time
-
         out = Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
     try:
@@ -237,10 +130,6 @@ def load_checkpoint(path, device="cpu"):
     return state
 
 
-# Settings that decide the model's shape and meaning: a checkpoint must agree with config.json on them.
-ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide")
-
-
 def check_checkpoint_config(state, config, path):
     """Refuse a checkpoint written by a run of another model or configuration."""
     try:
@@ -284,21 +173,14 @@ def read_config(run_dir):
 
 def load_run(run_dir, device="auto"):
     """(model with trained weights, config, data set) of a finished or interrupted run."""
-    from .data import load_dataset
-
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     device = resolve_device(device)
     state = load_checkpoint(run_dir / "checkpoint.pt", device)
     check_checkpoint_config(state, config, run_dir / "checkpoint.pt")
-    data = load_dataset(config.dataset, config.data_dir, device, binarize=binarizes(config),
+    data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
                         val_size=config.val_size, seed=config.seed)
     model = model_for(config, data).to(device)
     load_weights(model, state, run_dir / "checkpoint.pt")
     model.eval()
     return model, config, data
-
-
-def binarizes(config):
-    """Whether the data pipeline binarizes pixels: always, except for a likelihood over grey levels."""
-    return config.likelihood not in ("normal", "cbernoulli")

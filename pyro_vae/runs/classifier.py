@@ -1,8 +1,5 @@
-"""The reference classifier that scores conditional samples, and label fidelity.
-
-Label fidelity of a conditional model: draw z ~ p(z|y=k), decode the mean image of p(x|z,y),
-and ask a classifier trained on the real training split which class it shows; the share that
-comes back as k says whether the model's samples actually depend on y the way they should.
+"""The reference classifier behind label fidelity (estimators.label_fidelity), and its cache
+(runs layer: it trains on a data set and keeps a file per user).
 
 The classifier is a plain torch MLP (pixels -> 256 softplus units -> classes; an ordinary
 supervised net, not a Pyro model) trained with cross-entropy on the grey training images, one
@@ -11,13 +8,15 @@ give). It scores mean images (grey pixel probabilities), the same kind of input 
 """
 
 import json
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from .data import batches, cache_dir, load_dataset
-from .errors import UserError
-from .nets import MLP
+from ..data import batches, cache_dir, load_dataset
+from ..errors import UserError
+from ..nets import MLP
+from .store import atomic_write
 
 FORMAT = "pyro-vae-classifier/1"
 SETTINGS = {"hidden": 256, "steps": 4000, "batch_size": 128, "lr": 1e-3, "seed": 0}  # 4000 steps: ~9 epochs of
@@ -60,8 +59,6 @@ def reference_classifier(dataset, data_dir=None, device="cpu", path=None, progre
 
     Returns a dict: `net` (eval mode, on `device`), `test_accuracy` on the real (grey) test
     split, and `path`. The file holds tensors and plain data only (loads with weights_only)."""
-    from pathlib import Path
-
     cached = path is None
     path = Path(classifier_path(dataset) if cached else path)
     hint = "; delete it to retrain" if cached else ""
@@ -83,8 +80,6 @@ def reference_classifier(dataset, data_dir=None, device="cpu", path=None, progre
 
 
 def _train_and_save(dataset, data_dir, device, path, progress):
-    from .runs import atomic_write
-
     net, accuracy, s = train_classifier(dataset, data_dir, device, progress)
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,32 +87,3 @@ def _train_and_save(dataset, data_dir, device, path, progress):
              "net": net.state_dict(), "test_accuracy": accuracy}
     atomic_write(path, lambda f: torch.save(state, f))
     return {"net": net, "test_accuracy": accuracy, "path": str(path)}
-
-
-@torch.no_grad()
-def conditional_samples(model, data, per_class):
-    """Mean images of p(x|z,y) for z ~ p(z|y), `per_class` of each class: (images, labels asked for)."""
-    from .evaluate import decode
-    from .models import model_inputs
-
-    device = next(model.parameters()).device
-    labels = torch.arange(data.n_classes, device=device).repeat_interleave(per_class)
-    x_unused = torch.zeros(len(labels), data.x_dim, device=device)  # the model only reads its shape
-    images, _ = decode(model, *model_inputs(model, x_unused, labels, data.n_classes))
-    return images, labels
-
-
-@torch.no_grad()
-def label_fidelity(model, data, reference, per_class=100):
-    """Share of class-conditional mean images the reference classifier calls the class asked for.
-
-    Returns `label_fidelity`, `label_fidelity_per_class`, `fidelity_samples_per_class` and the
-    classifier's own `classifier_test_accuracy` (on real grey test images)."""
-    images, labels = conditional_samples(model, data, per_class)
-    hits = reference["net"](images).argmax(-1) == labels
-    per = hits.float().reshape(data.n_classes, per_class).mean(1)
-    return {"label_fidelity": hits.float().mean().item(),
-            "label_fidelity_per_class": [round(v, 4) for v in per.tolist()],
-            "fidelity_samples_per_class": per_class,
-            "fidelity_samples_kind": "mean images of p(x|z,y), z ~ p(z|y)",
-            "classifier_test_accuracy": reference["test_accuracy"]}

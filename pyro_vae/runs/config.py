@@ -1,0 +1,140 @@
+"""The settings of a training run, checked once (runs layer: imports the library layers).
+
+The facts about a model (its default prior, guide and likelihood, what it accepts) are read off
+its class in models.py; the sizes that fit each data set are here. A part of your own (a class
+or function) is recorded by its import path "package.module:Name", so `evaluate`, `sample` and
+`--resume` can build the model again in another process.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data import DATASETS
+from ..errors import UserError, positive_int, positive_number
+from ..models import model_class
+from ..objectives import ELBOS
+from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, import_object, import_path
+
+# Sizes that fit each data set, used where a setting is left as None.
+DATASET_DEFAULTS = {
+    "digits": {"z_dim": 8, "hidden": 128, "epochs": 100, "batch_size": 64},
+    "28x28": {"z_dim": 50, "hidden": 400, "epochs": 20, "batch_size": 256},
+}
+
+# What `--resume` may change: the rest comes from the run's config.json, or it would not be the
+# same run. (A new lr or clip_grad, to get past a divergence, makes it differ from an uninterrupted run.)
+RESUMABLE = ("epochs", "device", "data_dir", "lr", "clip_grad")
+
+# Settings that decide the model's shape and meaning: a checkpoint must agree with config.json on them.
+ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide")
+
+PARTS = ("likelihood", "prior", "guide")
+
+
+@dataclass
+class Config:
+    """Every setting of a training run. None means: the data set's default (DATASET_DEFAULTS) for a
+    size, the model's own default (its class in models.py) for a part."""
+
+    model: str = "vae"
+    dataset: str = "digits"
+    data_dir: str = None
+    epochs: int = None
+    batch_size: int = None
+    lr: float = 1e-3
+    z_dim: int = None
+    hidden: int = None
+    likelihood: str = None
+    prior: str = None
+    guide: str = None
+    elbo: str = "trace"
+    particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    jit: bool = False
+    device: str = "auto"
+    seed: int = 0
+    train_size: int = None
+    val_size: float = 0.1
+    clip_grad: float = None  # clip the gradient's global norm to this; None: no clipping
+
+    def resolved(self):
+        """A copy with the defaults filled in, parts of your own as import paths, every value checked."""
+        cls = model_class(self.model)
+        for what, value, valid in [("data set", self.dataset, DATASETS), ("objective", self.elbo, ELBOS)]:
+            if value not in valid:
+                raise UserError(f"unknown {what} {value!r}; choose from {', '.join(valid)}")
+        if isinstance(self.likelihood, str) and ":" not in self.likelihood and self.likelihood not in LIKELIHOODS:
+            raise UserError(f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
+        defaults = DATASET_DEFAULTS["digits" if self.dataset == "digits" else "28x28"]
+        filled = {k: defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k)
+                  for k in self.to_dict()}
+        filled.update({kind: recorded_part(kind, filled[kind]) for kind in PARTS})
+        filled.update(cls.choose_parts(**{kind: filled[kind] for kind in PARTS}))
+        c = Config(**filled)
+        for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
+            positive_int(name, getattr(c, name))
+        for name in ("lr", "clip_grad"):
+            if getattr(c, name) is not None:
+                positive_number(name, getattr(c, name))
+        if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
+            raise UserError(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
+        if not isinstance(c.val_size, (int, float)) or not 0 < c.val_size < 1:
+            raise UserError(f"val_size must be in (0, 1), got {c.val_size!r}")
+        if c.train_size is not None:
+            positive_int("train_size", c.train_size)
+        if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
+            raise UserError(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
+        if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
+            raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
+                            "objective; drop --jit or those")
+        return c
+
+    @property
+    def binarizes(self):
+        """Whether the data pipeline binarizes pixels: always, except for a likelihood over grey levels."""
+        return self.likelihood not in GREY_LIKELIHOODS
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def recorded_part(kind, choice):
+    """How config.json records a part: its name, or the import path of a constructor of your own
+    (checked to import again). A built module cannot be recorded: pass its class."""
+    if choice is None or (isinstance(choice, str) and ":" not in choice):
+        return choice
+    if isinstance(choice, str):
+        import_object(choice)  # says clearly when it no longer imports
+        return choice
+    if isinstance(choice, nn.Module):
+        raise UserError(f"a run records its {kind} in config.json to build it again: pass the class or "
+                        f"constructor of {type(choice).__name__}, not a built module")
+    if not callable(choice):
+        raise UserError(f"a {kind} is a name, an import path, a constructor or an nn.Module, not "
+                        f"{type(choice).__name__}")
+    path = import_path(choice)
+    if path is None:
+        raise UserError(f"{kind} {getattr(choice, '__qualname__', choice)!r} cannot be imported again by another "
+                        f"process (it is defined in __main__ or inside a function); define it at the top level of "
+                        f"a module so the run can be evaluated, sampled and resumed")
+    return path
+
+
+def resolve_device(name):
+    """The torch device a --device setting names (auto: CUDA when torch sees one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
+    if not isinstance(name, str) or (name not in ("cpu", "cuda") and not name.startswith("cuda:")):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)

@@ -1,0 +1,53 @@
+"""`pyro-vae evaluate`: score a saved run on its test split and write RUN_DIR/eval.json (runs layer)."""
+
+import time
+from pathlib import Path
+
+from ..errors import positive_int
+from ..estimators import (MAX_BATCH, accuracy, active_units, elbo_per_example, importance_sampled, label_fidelity,
+                          latent_means)
+from ..models import model_inputs
+from .classifier import reference_classifier
+from .store import load_run, write_json
+
+
+def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, progress=True, examples=None,
+                 mc_particles=100, fidelity_samples=100, classifier=None):
+    """Score a saved run on its test split (or its first `examples` images) and write
+    RUN_DIR/eval.json; returns the dict. Every number is in nats per example (natural log,
+    higher is better): log p(x) for vae, log p(x|y) for cvae1/2/4, log p(y|x) for cvae3.
+
+    cvae3 runs on labels also get `test_accuracy` (at z* = mean of p(z|x)) and `test_accuracy_mc`
+    (p(y|x,z) averaged over `mc_particles` draws z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity`
+    from `fidelity_samples` draws per class, scored by the reference classifier (`classifier`
+    path, or the data set's cached one; see runs/classifier.py)."""
+    positive_int("iw_samples", iw_samples)
+    if examples is not None:
+        positive_int("examples", examples)
+    model, config, data = load_run(run_dir, device)
+    x, labels = (t[:examples] for t in data.splits["test"])
+    args = model_inputs(model, x, labels, data.n_classes)
+    start = time.perf_counter()
+    result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,
+              "split": "test", "examples": len(x), "iw_samples": iw_samples}
+    if getattr(model.encoder, "has_density", True):
+        log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
+                                           max_batch=max_batch, progress=progress)
+        result.update(test_elbo=elbo.mean().item(), test_log_likelihood=log_lik.mean().item())
+    else:  # a point-mass guide: log p(x, z*) at the code, and no likelihood estimate
+        result.update(test_elbo=elbo_per_example(model.model, model.guide, *args).mean().item(),
+                      test_log_likelihood=None, iw_samples=0,
+                      note="delta guide: test_elbo is log p(x, z*) at the code z* = f(x); "
+                           "a point mass has no density, so there is no importance-sampled estimate")
+    result.update(active_units=active_units(latent_means(model, *args)))
+    if model.observed == "y" and config.likelihood == "categorical":  # cvae3 as a classifier
+        result["test_accuracy"] = accuracy(model, x, labels)
+        result["test_accuracy_mc"] = accuracy(model, x, labels, particles=mc_particles)
+        result["mc_particles"] = mc_particles
+    if model.conditional and model.observed == "x" and fidelity_samples:
+        reference = reference_classifier(config.dataset, config.data_dir, device=x.device, path=classifier,
+                                         progress=progress)
+        result.update(label_fidelity(model, data, reference, per_class=fidelity_samples))
+    result["seconds"] = time.perf_counter() - start
+    write_json(Path(run_dir) / "eval.json", result)
+    return result

@@ -1,0 +1,234 @@
+"""Training: stochastic variational inference with an ELBO from `pyro.infer` (layer 7: imports
+data, models, objectives, estimators and distributed).
+
+`Trainer` keeps the state of training in one place: the model, the objective, one
+`torch.optim.Adam` over all the model's parameters, gradient clipping and the KL-weight
+schedule. `Trainer.run(data, epochs, batch_size, callbacks)` steps over the batches of each
+epoch; what a run adds around it (checkpoints, metrics files, progress, a stop on Ctrl-C) is a
+`Callback`. `fit` is the one-call form for the simple case.
+
+The loss is the ELBO object's `differentiable_loss` of the model/guide pair (the PPL computes
+it: Pyro traces the guide, replays the model and scores every site; no loss is written by hand
+for a model). The epoch's loss is summed on the device and read once per epoch, and so is the
+record of the first step whose loss was not finite: a divergence is found from the loss (and,
+where a step raises, from the parameters), never from the wording of an exception.
+
+Speed (see experiments/benchmark.py): Pyro's validation (argument checks on every distribution,
+model/guide site matching, shape checks) costs up to ~10% of a small VAE's step on the CPU. It
+runs on the first step only, where it catches a malformed model/guide with Pyro's own message, and
+is off for the rest of training, the validation ELBO included.
+"""
+
+import math
+import time
+
+import pyro
+import torch
+from pyro.infer.util import is_validation_enabled
+from tqdm import tqdm
+
+from . import distributed
+from .data import batches, binarize
+from .errors import Diverged, UserError, positive_int
+from .estimators import elbo_per_example
+from .models import model_inputs
+from .objectives import ScaleLatents, make_elbo
+
+
+class Callback:
+    """What a run adds to training. Every hook does nothing unless a subclass overrides it."""
+
+    def on_train_start(self, trainer, epochs, steps):
+        """Before the first epoch of this call: `steps` batches per epoch, up to epoch `epochs`."""
+
+    def on_step_end(self, trainer, epoch, step, steps):
+        """After each optimizer step (keep it cheap: `trainer.epoch_loss` lives on the device)."""
+
+    def on_epoch_end(self, trainer, metrics):
+        """After each epoch's validation; `metrics` is the entry just added to `trainer.history`."""
+
+    def on_train_end(self, trainer):
+        """After the last epoch, or when training stops with an exception."""
+
+
+class Progress(Callback):
+    """A tqdm bar over the steps, with the running ELBO, and one line per epoch."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_start(self, trainer, epochs, steps):
+        self.bar = tqdm(total=(epochs - trainer.epoch) * steps, desc="training", unit="step", leave=False,
+                        disable=None)  # None: off where the output is not a terminal
+        self.batch_size = trainer.batch_size
+
+    def on_step_end(self, trainer, epoch, step, steps):
+        self.bar.update()
+        if step % max(1, steps // 4) == 0:  # a few host reads per epoch, not one per step
+            elbo = -trainer.epoch_loss.item() * distributed.world_size() / ((step + 1) * self.batch_size)
+            self.bar.set_postfix_str(f"epoch {epoch} elbo {elbo:.2f}")
+
+    def on_epoch_end(self, trainer, metrics):
+        self.bar.write(f"epoch {metrics['epoch']:4d}  train ELBO {metrics['train_elbo']:9.3f}  "
+                       f"val ELBO {metrics['val_elbo']:9.3f} nats/example  {metrics['seconds']:6.2f} s")
+
+    def on_train_end(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    """SVI on one model: the objective (an ELBO from `pyro.infer`, `trace` by default), Adam at
+    `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
+    `warmup_epochs`, and the gradient's global norm clipped to `clip_grad` when given.
+    `inputs(images, labels)` gives the model's arguments for a batch (default: `model_inputs`;
+    the quadrant task splits images instead).
+
+    `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
+    keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
+
+    def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None):
+        # pyro.module registers parameters by name in Pyro's global store; a store still holding an
+        # earlier model's tensors under the same names would shadow this model's (JIT tracing and
+        # pyro.optim read the store), so start from an empty one.
+        pyro.clear_param_store()
+        self.model = model
+        self.elbo = elbo or make_elbo()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.beta, self.warmup_epochs, self.clip_grad = beta, warmup_epochs, clip_grad
+        self.inputs = inputs
+        self.kl_weight = ScaleLatents(beta)
+        scaled = beta != 1 or warmup_epochs
+        self.model_fn = self.kl_weight(model.model) if scaled else model.model
+        self.guide_fn = self.kl_weight(model.guide) if scaled else model.guide
+        self.differentiable = hasattr(self.elbo, "differentiable_loss")  # RenyiELBO only has loss_and_grads
+        if distributed.world_size() > 1 and not self.differentiable:
+            raise UserError("the iwae objective cannot run under torchrun (RenyiELBO has no differentiable loss)")
+        # DDP around the module that computes the ELBO, under torchrun
+        self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
+        self.epoch, self.history = 0, []
+        self.epoch_loss = None
+        self.batch_size = None
+
+    def set_lr(self, lr):
+        """A new learning rate (a resumed optimizer state carries the old one)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def run(self, data, epochs, batch_size, callbacks=()):
+        """Train on `data` (a `Dataset`) from epoch `self.epoch + 1` to `epochs`; returns the history.
+
+        Each metric is a dict with `epoch`, `train_elbo` (the training objective: the ELBO, or its
+        beta-weighted or IWAE form), `val_elbo` (the plain ELBO, one Monte Carlo draw per example on
+        the fixed binarization), both in nats per example, and `seconds` (training time of the
+        epoch). A NaN or infinite loss raises `Diverged` at the end of its epoch. Under torchrun each
+        process takes its shard of every batch (distributed.py)."""
+        positive_int("batch_size", batch_size)
+        x_train, y_train = data.splits["train"]
+        n = len(x_train)
+        if n == 0:
+            raise UserError("the training split is empty")
+        self.batch_size = batch_size
+        inputs = self.inputs or (lambda images, labels: model_inputs(self.model, images, labels, data.n_classes))
+        steps = -(-n // batch_size)
+        self._first_step = True
+        for c in callbacks:
+            c.on_train_start(self, epochs, steps)
+        try:
+            while self.epoch < epochs:
+                metrics = self._epoch(data, inputs, steps, callbacks)
+                self.epoch += 1
+                self.history.append(metrics)
+                for c in callbacks:
+                    c.on_epoch_end(self, metrics)
+        finally:
+            for c in callbacks:
+                c.on_train_end(self)
+        return self.history
+
+    def _epoch(self, data, inputs, steps, callbacks):
+        epoch = self.epoch + 1
+        x_train, y_train = data.splits["train"]
+        n, device = len(x_train), x_train.device
+        self.model.train()
+        start = time.perf_counter()
+        self.epoch_loss = torch.zeros((), device=device)
+        # the first step whose loss was not finite (`steps`: none), kept on the device and read
+        # once per epoch, so the check costs no host synchronisation per step
+        first_bad = torch.full((), steps, dtype=torch.long, device=device)
+        for step, idx in enumerate(batches(n, self.batch_size, device=device)):
+            x = binarize(x_train[idx]) if data.binarized else x_train[idx]
+            y = y_train[idx]
+            if distributed.world_size() > 1:  # binarized as a whole first: the bits do not depend on the processes
+                part = distributed.shard(len(idx))
+                x, y = x[part], y[part]
+            if self.warmup_epochs:
+                self.kl_weight.weight = self.beta * min(1.0, ((epoch - 1) * steps + step + 1)
+                                                        / (self.warmup_epochs * steps))
+            args = inputs(x, y)
+            # Pyro's argument and support checks cost time on every step: run them on the first step
+            # of the run (unless they are switched off), which is enough to catch a malformed model or guide.
+            validate, self._first_step = self._first_step and is_validation_enabled(), False
+            try:
+                loss, finite = self._step(args, validate)
+            except (ValueError, RuntimeError):
+                if not self._numerically_broken(args):
+                    raise  # a malformed model or guide: Pyro's or torch's own message stands
+                first_bad.clamp_(max=step)
+                break
+            first_bad = torch.where(finite | (first_bad < steps), first_bad, step)
+            self.epoch_loss += loss
+            for c in callbacks:
+                c.on_step_end(self, epoch, step, steps)
+        distributed.all_sum(self.epoch_loss)
+        train_elbo = -self.epoch_loss.item() / n  # the one host read of the epoch; on a GPU it waits for the last step
+        seconds = time.perf_counter() - start
+        bad = distributed.all_min(first_bad).item()
+        if bad < steps:
+            raise Diverged(f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
+                           f"step {bad + 1} of {steps}", epoch, bad + 1)
+        self.model.eval()
+        with pyro.validation_enabled(False):
+            val = elbo_per_example(self.model.model, self.model.guide, *inputs(*data.splits["val"])).mean().item()
+        if not math.isfinite(val):  # the epoch's last step broke the weights
+            raise Diverged(f"training diverged: the weights became NaN or infinite at epoch {epoch}, "
+                           f"step {steps} of {steps}", epoch, steps)
+        return {"epoch": epoch, "train_elbo": train_elbo, "val_elbo": val, "seconds": seconds}
+
+    def _step(self, args, validate):
+        """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(validate):
+            if self.differentiable:
+                loss = self.loss_fn(*args)
+                distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
+            else:
+                loss = torch.tensor(self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *args))
+        finite = torch.isfinite(loss)
+        if self.clip_grad:
+            finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad))
+        self.optimizer.step()
+        return loss.detach(), finite
+
+    @torch.no_grad()
+    def _numerically_broken(self, args):
+        """After a step raised: whether the cause is numbers, not code. True when a parameter is
+        NaN or infinite, or when the loss of the same batch, computed without Pyro's argument
+        checks, is (a NaN in the data or the weights, which validation reports as an error)."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return True
+        try:
+            with pyro.validation_enabled(False):
+                loss = (self.elbo.differentiable_loss(self.model_fn, self.guide_fn, *args) if self.differentiable
+                        else torch.tensor(self.elbo.loss(self.model_fn, self.guide_fn, *args)))
+        except (ValueError, RuntimeError):
+            return False
+        return not bool(torch.isfinite(loss))
+
+
+def fit(model, data, epochs, batch_size=128, lr=1e-3, progress=True, callbacks=(), **options):
+    """Train `model` on `data` (a `Dataset`) with SVI for `epochs` epochs; returns the per-epoch
+    metrics (see `Trainer.run`). `options` are the `Trainer`'s: `elbo`, `beta`, `warmup_epochs`,
+    `clip_grad`, `inputs`."""
+    trainer = Trainer(model, lr=lr, **options)
+    return trainer.run(data, epochs, batch_size, [Progress()] * bool(progress) + list(callbacks))
