@@ -4,6 +4,7 @@ Each subcommand calls one function of the Python API (runs/, data.py); the optio
 models' defaults in the help are read from the tables and classes they describe."""
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -14,6 +15,7 @@ from .estimators import MAX_BATCH
 from .models import MODELS
 from .objectives import ELBOS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
+from .runs.training import GRACE
 from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, sample_run, train
 from .runs.quadrants import MODELS as QUADRANT_MODELS
 from .runs.quadrants import run_quadrants
@@ -133,6 +135,11 @@ def parser():
     t.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue this run from its last checkpoint, with its own settings "
                         "(only --epochs, a new total, --device, --data-dir, and against divergence --lr and --clip-grad, may be given)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a previous run (only the files a run writes; never others)")
+    t.add_argument("--grace", type=checked(float, errors.non_negative_number), default=GRACE, metavar="SECONDS",
+                   help="on SIGTERM, finish the current epoch if it ends within SECONDS, else stop at once; "
+                        "either way the last epoch's checkpoint is kept and the exit status is 143")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     e = sub.add_parser("evaluate", help="test ELBO, importance-sampled log-likelihood -> RUN_DIR/eval.json",
@@ -186,9 +193,8 @@ def parser():
     return p
 
 
-TRAIN_SETTINGS = ["model", "dataset", "data_dir", "epochs", "batch_size", "lr", "z_dim", "hidden", "likelihood",
-                  "prior", "guide", "elbo", "particles", "beta", "warmup_epochs", "jit", "device", "seed",
-                  "train_size", "clip_grad"]
+# The Config fields `train` has an option for (the rest are written by training itself).
+TRAIN_SETTINGS = [f.name for f in dataclasses.fields(Config) if f.name not in ("val_size", "device_used", "changes")]
 
 
 def main(argv=None):
@@ -206,10 +212,13 @@ def main(argv=None):
                 given = {k: v for k, v in vars(p.parse_args(argv)).items() if k in TRAIN_SETTINGS and v is not None}
                 if args.out:
                     raise UserError("--resume writes into RUN_DIR itself: leave out --out")
-                run_dir = train(resume=args.resume, progress=not args.quiet,
+                if args.overwrite:
+                    raise UserError("--resume continues RUN_DIR: --overwrite does not apply")
+                run_dir = train(resume=args.resume, progress=not args.quiet, grace=args.grace,
                                 **{k: given.get(k) for k in sorted(set(given) | set(RESUMABLE))})
             else:
-                run_dir = train(Config(**settings), out=args.out, progress=not args.quiet)
+                run_dir = train(Config(**settings), out=args.out, progress=not args.quiet, overwrite=args.overwrite,
+                                grace=args.grace)
             if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
                 print(f"run directory: {run_dir}")
         elif args.command == "evaluate":
@@ -245,9 +254,9 @@ def main(argv=None):
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # train's Interrupted says which checkpoint was kept
+    except KeyboardInterrupt as e:  # train's Interrupted (Ctrl-C) or Terminated (SIGTERM) says what was kept
         print(f"pyro-vae: {e or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(e, "status", 130)
     return 0
 
 

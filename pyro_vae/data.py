@@ -16,6 +16,7 @@ import math
 import os
 import struct
 import tempfile
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError, positive_int
+from .errors import BadValue, UserError, positive_int
+from .files import TEMP_PREFIX, write_error
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -118,28 +120,49 @@ def find_idx_files(name, split, data_dir=None):
         + ", or point --data-dir at a folder holding the files.")
 
 
-def read_idx(path, expected_dims):
-    """Read one gzipped IDX file into a uint8 numpy array, checking every header field."""
+# The largest IDX payload read (EMNIST, the largest set in this format, is about 0.7 GB).
+MAX_IDX_BYTES = 4 << 30
+EXTRA_COUNTED = 16 << 20  # bytes past the header's size that are counted (not kept) for the message
+
+
+def read_idx(path, expected_dims, max_bytes=MAX_IDX_BYTES):
+    """Read one gzipped IDX file into a uint8 numpy array, checking every header field.
+
+    The file is inflated as a stream into an array of the size its header gives, so memory never
+    holds more than the data set: a file that inflates to more (a "gzip bomb") is refused after
+    reading at most EXTRA_COUNTED bytes past that size."""
     try:
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            head = f.read(4)
+            if len(head) < 4:
+                raise UserError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+            zero, dtype, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype != 0x08 or ndim != expected_dims:
+                raise UserError(f"{path}: bad IDX magic number 0x{head.hex()} "
+                                f"(expected 0x000008{expected_dims:02x}, unsigned bytes, {expected_dims}-D)")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise UserError(f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            size = math.prod(dims)  # exact: numpy's product of four 32-bit sizes could overflow
+            said = f"header says {'x'.join(map(str, dims))} = {size} bytes of data"
+            if size > max_bytes:
+                raise UserError(f"{path}: {said}, more than the {max_bytes >> 20} MB this reader takes")
+            data = np.empty(size, dtype=np.uint8)
+            view, got = memoryview(data), 0
+            while got < size and (n := f.readinto(view[got:])):
+                got += n
+            if got < size:
+                raise UserError(f"{path}: {said}, file holds {got}")
+            extra = 0
+            while extra <= EXTRA_COUNTED and (chunk := f.read(1 << 20)):
+                extra += len(chunk)
+            if extra:
+                holds = f"{size + extra}" if extra <= EXTRA_COUNTED else f"more than {size + EXTRA_COUNTED}"
+                raise UserError(f"{path}: {said}, file holds {holds}")
     except (OSError, EOFError, zlib.error) as e:  # missing, truncated, bad CRC, corrupt deflate stream
         raise UserError(f"{path}: not a readable gzip file ({e or type(e).__name__})") from None
-    if len(raw) < 4:
-        raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != 0x08 or ndim != expected_dims:
-        raise UserError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} "
-                        f"(expected 0x000008{expected_dims:02x}, unsigned bytes, {expected_dims}-D)")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = math.prod(dims)  # exact: numpy's product of four 32-bit sizes could overflow
-    if len(raw) - header != size:
-        raise UserError(f"{path}: header says {'x'.join(map(str, dims))} = {size} bytes of data, "
-                        f"file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return data.reshape(dims)
 
 
 def read_idx_split(name, split, data_dir=None):
@@ -156,15 +179,24 @@ def read_idx_split(name, split, data_dir=None):
     return images, labels
 
 
-def download(name, dest=None, mirrors=None, progress=True):
+# Every published file of these sets is under 30 MB; a response past this is not one of them.
+MAX_DOWNLOAD_BYTES = 64 << 20
+DOWNLOAD_SECONDS = 600  # per file, all of it: a server that trickles forever is given up on
+
+
+def download(name, dest=None, mirrors=None, progress=True, max_bytes=MAX_DOWNLOAD_BYTES, seconds=DOWNLOAD_SECONDS):
     """Fetch the four IDX files of `name` into `dest` (default: the per-user cache), verifying MD5.
 
     A file already there with the right checksum is kept. Each file is written to a temporary
-    name and renamed once its checksum matches, so a broken download never looks complete."""
+    name and renamed once its checksum matches, so a broken download never looks complete. A
+    response larger than `max_bytes`, or slower in all than `seconds`, is abandoned."""
     if name not in SOURCES:
         raise UserError(f"unknown downloadable data set {name!r}; choose from {', '.join(SOURCES)}")
     dest = Path(dest) if dest else cache_dir() / name
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(dest, e) from None
     for filename, md5 in SOURCES[name]["md5"].items():
         target = dest / filename
         if target.is_file() and _md5(target) == md5:
@@ -173,7 +205,7 @@ def download(name, dest=None, mirrors=None, progress=True):
         for mirror in mirrors or SOURCES[name]["mirrors"]:
             url = mirror + filename
             try:
-                tmp = _fetch(url, dest, progress)
+                tmp = _fetch(url, dest, progress, max_bytes, time.monotonic() + seconds)
             except OSError as e:
                 errors.append(f"{url}: {e}")
                 continue
@@ -188,16 +220,24 @@ def download(name, dest=None, mirrors=None, progress=True):
     return dest
 
 
-def _fetch(url, dest, progress):
+def _fetch(url, dest, progress, max_bytes, deadline):
     from tqdm import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=dest, suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX, suffix=".part")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            if total and total > max_bytes:
+                raise OSError(f"the server announces {total} bytes, more than the {max_bytes} a data file may have")
+            written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
                       disable=not progress) as bar:
                 while chunk := response.read(1 << 16):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise OSError(f"stopped after {max_bytes} bytes, more than a data file may have")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("stopped: the download took longer than its time limit")
                     out.write(chunk)
                     bar.update(len(chunk))
     except BaseException:
@@ -252,6 +292,9 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     val, train = order[:n_val], order[n_val:]
     if train_size is not None:
         train = train[:positive_int("train_size", train_size)]
+    if len(train) == 0:
+        raise BadValue(f"{name}: {len(x_train)} training example(s) leave none to train on after the validation "
+                       f"split (val_size {val_size})")
 
     def split(x, y):
         x = torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32, device=device)

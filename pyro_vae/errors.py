@@ -8,6 +8,14 @@ class UserError(Exception):
     """Bad input from the user: a name, a file, a size. Its message is the whole story."""
 
 
+class BadValue(UserError, ValueError):
+    """An argument of the right type with a value that cannot be used (a `ValueError` too)."""
+
+
+class BadType(UserError, TypeError):
+    """An argument of the wrong type (a `TypeError` too)."""
+
+
 class Diverged(UserError):
     """The loss became NaN or infinite during training (exit status 2, like any UserError)."""
 
@@ -19,16 +27,38 @@ class Diverged(UserError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says which checkpoint was kept (exit status 130)."""
 
+    status = 130
+
+
+class Terminated(Interrupted):
+    """SIGTERM during training (a scheduler's notice); the message says which checkpoint was kept
+    (exit status 143, as for a process ended by SIGTERM)."""
+
+    status = 143
+
 
 def positive_int(name, value):
-    """`value` if it is a whole number above 0, else a UserError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{name} must be a positive whole number, got {value!r}")
+    """`value` if it is a whole number above 0, else a BadType or BadValue naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadType(f"{name} must be a positive whole number, got {value!r}")
+    if value <= 0:
+        raise BadValue(f"{name} must be a positive whole number, got {value!r}")
     return value
 
 
 def positive_number(name, value):
-    """`value` if it is a finite number above 0, else a UserError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{name} must be a positive finite number, got {value!r}")
+    """`value` if it is a finite number above 0, else a BadType or BadValue naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadType(f"{name} must be a positive finite number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise BadValue(f"{name} must be a positive finite number, got {value!r}")
+    return value
+
+
+def non_negative_number(name, value):
+    """`value` if it is a finite number not below 0, else a UserError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadType(f"{name} must be a finite number not below 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise BadValue(f"{name} must be a finite number not below 0, got {value!r}")
     return value

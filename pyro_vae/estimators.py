@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.infer import Predictive
 from tqdm import tqdm
 
+from .errors import positive_int
 from .models import model_inputs
 
 # (particle, example) pairs per network call. On the CPU, K = 5000 with 8192 pairs (one example's
@@ -67,6 +68,8 @@ def importance_sampled(model, guide, *args, samples=5000, max_batch=MAX_BATCH, p
     """(log-likelihood, ELBO) per example, both (B,) tensors in nats, from `samples` draws each.
 
     At most `max_batch` (particle, example) pairs go through the networks at once."""
+    positive_int("samples", samples)
+    positive_int("max_batch", max_batch)
     if args[0].device.type == "cpu":
         keep_freed_memory()
     n = args[0].shape[0]

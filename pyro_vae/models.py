@@ -17,6 +17,7 @@ of it), and holds the one guide they share. The configuration, the CLI's help an
 read the declarations from the class, so a new model is one class here plus a line in MODELS.
 """
 
+import os
 from typing import ClassVar, Protocol, runtime_checkable
 
 import pyro
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.functional import one_hot
 
-from .errors import UserError, positive_int
+from .errors import BadValue, UserError, positive_int
 from .nets import cat
 from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, constructor, make_part
 
@@ -257,7 +258,22 @@ def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, pri
     cls = model_class(name)
     for what, value in [("z_dim", z_dim), ("hidden", hidden), ("x_dim", x_dim)]:
         positive_int(what, value)
+    check_memory(x_dim + y_dim + z_dim, hidden)
     return cls(x_dim, y_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, prior=prior, guide=guide)
+
+
+def check_memory(io_dim, hidden):
+    """Refuse sizes whose networks cannot fit in this machine's memory, before allocating them.
+    The built-in parts are three networks (guide, prior, likelihood) of one hidden layer, each at
+    most 2 x (inputs + outputs) x hidden weights, float32, with Adam's two moments beside them."""
+    need = 3 * 2 * io_dim * hidden * 4 * 3  # bytes
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocator decide
+        return
+    if need > have:
+        raise BadValue(f"hidden {hidden}: the networks would need about {need / 2**30:.0f} GiB, and this machine "
+                       f"has {have / 2**30:.0f} GiB")
 
 
 def model_inputs(model, x, labels, n_classes):

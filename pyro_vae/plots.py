@@ -1,4 +1,4 @@
-"""Plots: tensors in, PNG out (layer 7: imports nothing of the package). What to draw is worked
+"""Plots: tensors in, PNG out (layer 7: imports only errors and files). What to draw is worked
 out from models in the runs layer (runs/figures.py); here it is only drawn."""
 
 from pathlib import Path
@@ -9,6 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from .errors import UserError  # noqa: E402
+from .files import atomic_write  # noqa: E402
 
 
 def grid_canvas(images, shape, ncol, gap=0.0):
@@ -114,9 +117,19 @@ def labelled_panels(panels, classes, shape, per_class, path):
     return save(fig, path, pad=1.2)
 
 
+FORMATS = ("png", "pdf", "svg")
+
+
 def save(fig, path, dpi=110, pad=None):
-    """Lay out, write and close a figure; returns the path."""
-    fig.tight_layout(**({"pad": pad} if pad else {}))
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
+    """Lay out, write (atomically: a link at `path` is replaced, not followed) and close a
+    figure; the format is the path's suffix. Returns the path."""
+    path = Path(path)
+    try:
+        fig.tight_layout(**({"pad": pad} if pad else {}))
+        fmt = path.suffix[1:].lower()
+        if fmt not in FORMATS:
+            raise UserError(f"cannot write {path}: a figure's name ends in {', '.join('.' + f for f in FORMATS)}")
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+    finally:
+        plt.close(fig)
+    return path

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import batches, binarize
-from .errors import Diverged, UserError, positive_int
+from .errors import BadValue, Diverged, UserError, positive_int
 from .estimators import elbo_per_example
 from .models import model_inputs
 from .objectives import ScaleLatents, make_elbo
@@ -127,7 +127,7 @@ class Trainer:
         x_train, y_train = data.splits["train"]
         n = len(x_train)
         if n == 0:
-            raise UserError("the training split is empty")
+            raise BadValue("the training split is empty: nothing to train on")
         self.batch_size = batch_size
         inputs = self.inputs or (lambda images, labels: model_inputs(self.model, images, labels, data.n_classes))
         steps = -(-n // batch_size)

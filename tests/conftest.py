@@ -78,7 +78,7 @@ def fake_run(digits, make_model):
         config = Config(model=model, hidden=8, z_dim=2, device="cpu").resolved()
         net = make_model(model, digits, z_dim=2, hidden=8, likelihood=config.likelihood)
         run = make_run_dir(folder, config)
-        save_checkpoint(run, net, torch.optim.Adam(net.parameters()), 1, config, [])
+        save_checkpoint(run, net, torch.optim.Adam(net.parameters()), 0, config, [])
         return run
 
     return make

@@ -95,7 +95,7 @@ def test_parts_that_cannot_be_recorded_are_refused_before_anything_is_written(tm
                           (my_parts.LaplacePrior(z_dim=2), "not a built module"),
                           ("my_parts:Nowhere", "cannot import 'my_parts:Nowhere'"),
                           ("no_such_module:Prior", "cannot import 'no_such_module:Prior'"),
-                          (42, "a prior is a name, an import path")]:
+                          (42, "prior must be a string or null, got 42")]:
         with pytest.raises(UserError, match=needle):
             pyro_vae.train(out=tmp_path / "run", progress=False, prior=prior, **SMALL)
         assert not (tmp_path / "run").exists()

@@ -15,11 +15,11 @@ training, evaluation and quadrants.
 from .config import ARCHITECTURE, DATASET_DEFAULTS, RESUMABLE, Config, resolve_device
 from .evaluation import evaluate_run
 from .figures import conditional_panels, latent_space_comparison, run_figures, sample_run
-from .store import (atomic_write, check_checkpoint_config, load_checkpoint, load_run, load_weights, make_run_dir,
-                    model_for, read_config, read_metrics, save_checkpoint, write_json, write_metrics)
+from .store import (check_checkpoint_config, load_checkpoint, load_run, load_weights, make_run_dir,
+                    model_for, read_config, read_metrics, save_checkpoint, write_metrics)
 from .training import train
 
 __all__ = ["ARCHITECTURE", "DATASET_DEFAULTS", "RESUMABLE", "Config", "resolve_device", "evaluate_run",
-           "conditional_panels", "latent_space_comparison", "run_figures", "sample_run", "atomic_write",
+           "conditional_panels", "latent_space_comparison", "run_figures", "sample_run",
            "check_checkpoint_config", "load_checkpoint", "load_run", "load_weights", "make_run_dir", "model_for",
-           "read_config", "read_metrics", "save_checkpoint", "write_json", "write_metrics", "train"]
+           "read_config", "read_metrics", "save_checkpoint", "write_metrics", "train"]

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 
 from ..data import batches, cache_dir, load_dataset
 from ..errors import UserError
+from ..files import atomic_write, write_error
 from ..nets import MLP
-from .store import atomic_write
 
 FORMAT = "pyro-vae-classifier/1"
 SETTINGS = {"hidden": 256, "steps": 4000, "batch_size": 128, "lr": 1e-3, "seed": 0}  # 4000 steps: ~9 epochs of
@@ -69,20 +69,32 @@ def reference_classifier(dataset, data_dir=None, device="cpu", path=None, progre
             raise UserError(f"{path}: not a loadable classifier file ({type(e).__name__}){hint}") from None
         if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("dataset") != dataset:
             raise UserError(f"{path}: not a pyro-vae reference classifier for {dataset}{hint}")
-        s = json.loads(state["settings"])
-        if any(s.get(k) != v for k, v in SETTINGS.items()):  # trained with other settings: retrain
-            return _train_and_save(dataset, data_dir, device, path, progress)
-        net = MLP(s["in_dim"], s["hidden"], s["n_classes"]).to(device)
-        net.load_state_dict(state["net"])
+        try:
+            s = json.loads(state["settings"])
+            if not isinstance(s, dict):
+                raise TypeError("settings are not a JSON object")
+            if any(s.get(k) != v for k, v in SETTINGS.items()):  # trained with other settings: retrain
+                return _train_and_save(dataset, data_dir, device, path, progress)
+            net = MLP(s["in_dim"], s["hidden"], s["n_classes"]).to(device)
+            net.load_state_dict(state["net"])
+            accuracy = float(state["test_accuracy"])
+        except (KeyError, TypeError, ValueError, RuntimeError, RecursionError) as e:
+            raise UserError(f"{path}: a damaged reference classifier file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:80] if str(e) else 'missing entry'}){hint}") from None
         net.eval()
-        return {"net": net, "test_accuracy": state["test_accuracy"], "path": str(path)}
+        return {"net": net, "test_accuracy": accuracy, "path": str(path)}
+    if path.exists():
+        raise UserError(f"--classifier {path} is not a file")
     return _train_and_save(dataset, data_dir, device, path, progress)
 
 
 def _train_and_save(dataset, data_dir, device, path, progress):
     net, accuracy, s = train_classifier(dataset, data_dir, device, progress)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path.parent, e) from None
     state = {"format": FORMAT, "dataset": dataset, "settings": json.dumps(s),
              "net": net.state_dict(), "test_accuracy": accuracy}
     atomic_write(path, lambda f: torch.save(state, f))

@@ -7,13 +7,16 @@ or function) is recorded by its import path "package.module:Name", so `evaluate`
 """
 
 import dataclasses
+import math
+import re
+import typing
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..data import DATASETS
-from ..errors import UserError, positive_int, positive_number
+from ..errors import BadType, BadValue, UserError, positive_int, positive_number
 from ..models import model_class
 from ..objectives import ELBOS
 from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, import_object, import_path
@@ -41,15 +44,15 @@ class Config:
 
     model: str = "vae"
     dataset: str = "digits"
-    data_dir: str = None
-    epochs: int = None
-    batch_size: int = None
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float = 1e-3
-    z_dim: int = None
-    hidden: int = None
-    likelihood: str = None
-    prior: str = None
-    guide: str = None
+    z_dim: int | None = None
+    hidden: int | None = None
+    likelihood: str | None = None
+    prior: str | None = None
+    guide: str | None = None
     elbo: str = "trace"
     particles: int = 1
     beta: float = 1.0
@@ -57,12 +60,21 @@ class Config:
     jit: bool = False
     device: str = "auto"
     seed: int = 0
-    train_size: int = None
+    train_size: int | None = None
     val_size: float = 0.1
-    clip_grad: float = None  # clip the gradient's global norm to this; None: no clipping
+    clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
+    # Written by training, not set by a user: the device each training call ran on, and the
+    # learning rate or clipping a --resume changed, with the epoch from which it held.
+    device_used: str | None = None
+    changes: list = dataclasses.field(default_factory=list)
+
+    def current(self, name):
+        """A setting as training uses it now: the last --resume change of it, else its value."""
+        return next((c[name] for c in reversed(self.changes) if name in c), getattr(self, name))
 
     def resolved(self):
         """A copy with the defaults filled in, parts of your own as import paths, every value checked."""
+        self.check_types()
         cls = model_class(self.model)
         for what, value, valid in [("data set", self.dataset, DATASETS), ("objective", self.elbo, ELBOS)]:
             if value not in valid:
@@ -81,17 +93,39 @@ class Config:
             if getattr(c, name) is not None:
                 positive_number(name, getattr(c, name))
         if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
-            raise UserError(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
+            raise BadValue(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
         if not isinstance(c.val_size, (int, float)) or not 0 < c.val_size < 1:
-            raise UserError(f"val_size must be in (0, 1), got {c.val_size!r}")
+            raise BadValue(f"val_size must be in (0, 1), got {c.val_size!r}")
         if c.train_size is not None:
             positive_int("train_size", c.train_size)
         if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
-            raise UserError(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
+            raise BadValue(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
+        if not math.isfinite(c.beta):
+            raise BadValue(f"beta must be a finite number, got {c.beta}")
+        for change in c.changes:
+            if (not isinstance(change, dict) or not isinstance(change.get("epoch"), int) or isinstance(
+                    change.get("epoch"), bool) or set(change) - {"epoch", "lr", "clip_grad"}):
+                raise UserError(f"changes: each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
+                                f"{str(change)[:80]}")
+            positive_number("changes: lr", change.get("lr", 1.0))
+            if change.get("clip_grad") is not None:
+                positive_number("changes: clip_grad", change["clip_grad"])
         if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
             raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
                             "objective; drop --jit or those")
         return c
+
+    def check_types(self):
+        """Each setting of the type its field declares (a hand-edited config.json is read with this)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in PARTS and (callable(value) or isinstance(value, nn.Module)):
+                continue  # a part of your own, in memory: recorded by import path in resolved()
+            if not has_type(value, f.type):
+                kinds = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+                         list: "a list", type(None): "null"}
+                wanted = " or ".join(kinds[t] for t in typing.get_args(f.type) or (f.type,))
+                raise BadType(f"{f.name} must be {wanted}, got {repr(value)[:60]}")
 
     @property
     def binarizes(self):
@@ -105,6 +139,17 @@ class Config:
     def from_dict(cls, d):
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def has_type(value, annotation):
+    """isinstance against a field's annotation (e.g. `int | None`), where a bool is not a number
+    and a whole number is a float."""
+    options = typing.get_args(annotation) or (annotation,)
+    if isinstance(value, bool):
+        return bool in options
+    if isinstance(value, int) and float in options:
+        return True
+    return isinstance(value, tuple(options))
 
 
 def recorded_part(kind, choice):
@@ -133,8 +178,13 @@ def resolve_device(name):
     """The torch device a --device setting names (auto: CUDA when torch sees one)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    if not isinstance(name, str) or (name not in ("cpu", "cuda") and not name.startswith("cuda:")):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu or auto")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                            f"numbered from 0")
     return torch.device(name)

@@ -4,11 +4,12 @@ import time
 from pathlib import Path
 
 from ..errors import positive_int
+from ..files import check_writable, write_json
 from ..estimators import (MAX_BATCH, accuracy, active_units, elbo_per_example, importance_sampled, label_fidelity,
                           latent_means)
 from ..models import model_inputs
 from .classifier import reference_classifier
-from .store import load_run, write_json
+from .store import load_run
 
 
 def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, progress=True, examples=None,
@@ -25,6 +26,7 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     if examples is not None:
         positive_int("examples", examples)
     model, config, data = load_run(run_dir, device)
+    check_writable(run_dir)  # before the scoring, which can take minutes: nothing is computed for nothing
     x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()

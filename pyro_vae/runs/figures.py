@@ -9,10 +9,12 @@ import pyro
 import torch
 
 from .. import plots
-from ..errors import UserError
+from ..errors import UserError, positive_int
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
 from .store import load_run
+
+MAX_DRAWS = 4096  # a 64 x 64 grid: beyond it a figure is unreadable and its canvas needs gigabytes
 
 
 def sample_grid(model, data, path, n=64, label=None):
@@ -64,7 +66,12 @@ def run_figures(model, data, history, run_dir):
 
 
 def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
-    """Draw a PNG grid of samples from a saved run; returns its path."""
+    """Draw a PNG grid of samples from a saved run; returns its path. At most MAX_DRAWS draws."""
+    positive_int("n", n)
+    if n > MAX_DRAWS:
+        raise UserError(f"n {n} is more draws than one figure shows; at most {MAX_DRAWS}")
+    if out is not None:
+        check_figure_path(out)
     model, config, data = load_run(run_dir, device)
     if model.observed != "x":
         raise UserError(f"{config.model} predicts y from x; it has no images to sample")
@@ -72,11 +79,21 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
         raise UserError(f"label {label} out of range 0..{data.n_classes - 1}")
     if label is not None and not model.conditional:
         raise UserError(f"{config.model} is not conditional; --label needs cvae1, cvae2 or cvae4")
-    if n <= 0:
-        raise UserError(f"n must be positive, got {n}")
     pyro.set_rng_seed(seed)
     out = Path(out) if out else Path(run_dir) / ("samples.png" if label is None else f"samples_label{label}.png")
     return sample_grid(model, data, out, n=n, label=label)
+
+
+def check_figure_path(path):
+    """Refuse, before any work, a figure path that cannot be written: a directory, a missing
+    folder, or a name without a figure format's suffix."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name such as {path / 'samples.png'}")
+    if path.suffix[1:].lower() not in plots.FORMATS:
+        raise UserError(f"--out {path}: a figure's name ends in {', '.join('.' + f for f in plots.FORMATS)}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out {path}: its folder {path.parent} does not exist")
 
 
 def latent_space_comparison(models, data, path, n=3000, draws=64):

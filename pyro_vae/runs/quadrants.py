@@ -26,11 +26,13 @@ from torch import nn
 from .. import plots
 from ..data import load_dataset
 from ..errors import UserError
+from ..files import atomic_write, write_json
 from ..estimators import elbo_per_example, importance_sampled
 from ..models import CVAE3
 from ..objectives import make_elbo
 from ..parts import BernoulliDecoder
 from ..svi import fit
+from .store import create_dir
 
 
 def given_mask(n_given, shape=(28, 28)):
@@ -184,8 +186,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
                   train_size=None, seed=0, progress=True):
     """Train and score every (model, number of given quadrants); writes OUT/results.json, each
     model's weights (OUT/<model>-<n>.pt, tensors only) and OUT/completions-<n>.png. Returns the rows."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = create_dir(out, "output folder")
     data = load_dataset(dataset, data_dir, "cpu", binarize=True, train_size=train_size, seed=seed)
     if data.shape[0] % 2 or data.shape[1] % 2:
         raise UserError(f"{dataset}: images of {data.shape} pixels do not split into equal quadrants")
@@ -196,7 +197,8 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
             pyro.set_rng_seed(seed)
             model, objective = build(name, n, data.x_dim, data.shape, z_dim, hidden, alpha)
             seconds = fit_quadrants(model, objective, data, epochs, batch_size, lr)
-            torch.save(model.state_dict(), out / f"{name}-{n}.pt")
+            weights = model.state_dict()
+            atomic_write(out / f"{name}-{n}.pt", lambda f: torch.save(weights, f))
             row = {"model": name, "given": n, **score(model, data, iw_samples, examples),
                    "seconds_per_epoch": sum(seconds) / len(seconds)}
             if progress:
@@ -207,7 +209,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
     settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
                     lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
                     train_size=train_size, seed=seed)
-    (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    write_json(out / "results.json", {"settings": settings, "rows": rows})
     return rows
 
 

@@ -9,11 +9,13 @@ complete version behind. The checkpoint also holds the optimizer, every random n
 state and the metrics history, so `train(resume=RUN_DIR)` continues exactly where it stopped.
 """
 
+import fcntl
 import json
 import os
 import pickle
 import random
-import tempfile
+import re
+import socket
 import time
 from pathlib import Path
 
@@ -22,29 +24,24 @@ import torch
 
 from ..data import load_dataset
 from ..errors import UserError
+from ..files import atomic_write, is_temporary, write_error, write_json
 from ..models import build_model
 from .config import ARCHITECTURE, Config, resolve_device
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
 
 
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# The files a run directory may hold, all written by this package; --overwrite deletes only these.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "eval.json", "samples.png", "reconstructions.png",
+             "elbo.png", "latent.png")
+LOCK_FILE = ".pyro-vae.lock"
 
 
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+def is_run_file(path):
+    """Whether `path` in a run directory is one of the files this package writes there."""
+    name = Path(path).name
+    return (name in RUN_FILES or name == LOCK_FILE or is_temporary(path)
+            or re.fullmatch(r"samples_label\d+\.png", name) is not None)
 
 
 def write_metrics(run_dir, history):
@@ -59,16 +56,96 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def make_run_dir(out, config):
-    """Create (or reuse) the run directory and write config.json into it."""
-    if out is None:
-        out = Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+class RunLock:
+    """An exclusive lock (flock) on RUN_DIR/.pyro-vae.lock, held by the one process that writes
+    the run. A second writer fails at once, told which process holds it; the kernel drops the
+    lock when its process dies, so a lock left by a killed run never blocks."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd = None
+
+    def acquire(self):
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 1000, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or choose "
+                            f"another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"process {os.getpid()} on {socket.gethostname()} "
+                           f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def default_run_dir(config):
+    return Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_dir(out, what="run directory"):
+    """Make the folder `out` (and its parents) if it is not there; a one-line error if it cannot be."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config.to_dict())
     except OSError as e:
-        raise UserError(f"cannot write the run directory {out}: {e.strerror}") from None
+        raise UserError(f"cannot write the {what} {out}: {write_error(out, e).args[0].split(': ', 1)[1]}") from None
+    if not out.is_dir():
+        raise UserError(f"cannot write the {what} {out}: it is not a directory")
+    return out
+
+
+def prepare_run_dir(out, overwrite=False):
+    """Create the folder of a new run, or check that an existing one may take it: it must be empty
+    (a lock or temporary files of this package aside), or with `overwrite` hold only a previous
+    run's own files, which are then deleted. Files the package did not write are never touched."""
+    out = create_dir(out)
+    entries = [p for p in out.iterdir() if p.name != LOCK_FILE and not is_temporary(p)]
+    if entries:
+        foreign = sorted(p.name for p in entries if not is_run_file(p))
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        if not (out / "config.json").exists():
+            raise UserError(f"{out} is not empty and holds no pyro-vae run ({shown}); choose a new or empty --out "
+                            f"(nothing was changed)")
+        if not overwrite:
+            raise UserError(f"{out} already holds a run; continue it with `pyro-vae train --resume {out}`, or "
+                            f"replace it with --overwrite (nothing was changed)")
+        if foreign:
+            raise UserError(f"--overwrite replaces only a run's own files, and {out} also holds others ({shown}); "
+                            f"choose a new or empty --out (nothing was changed)")
+    for p in out.iterdir():  # a previous run's files (with --overwrite), and temporaries of a killed writer
+        if p.name != LOCK_FILE and is_run_file(p) and p.is_file():
+            p.unlink()
+    return out
+
+
+def clear_temporaries(run_dir):
+    """Delete the temporary files a killed writer of this package left (and nothing else)."""
+    for p in Path(run_dir).iterdir():
+        if is_temporary(p) and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def make_run_dir(out, config, overwrite=False):
+    """Create the run directory (see `prepare_run_dir`) and write config.json into it."""
+    out = prepare_run_dir(default_run_dir(config) if out is None else out, overwrite)
+    write_json(out / "config.json", config.to_dict())
     return out
 
 
@@ -111,13 +188,23 @@ def save_checkpoint(run_dir, model, optimizer, epoch, config, history=()):
     atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path, device="cpu"):
-    """The checkpoint at `path` as a dict, loaded with weights_only=True: a file that carries a
-    pickled Python object (which could run code on loading) is refused."""
+CHECKPOINT_KEYS = {"format", "config", "epoch", "model", "optimizer", "rng", "history"}
+
+
+def load_checkpoint(path, model=None, config=None):
+    """The checkpoint at `path` as a dict of tensors and plain data, loaded with weights_only=True
+    (a file that carries a pickled Python object, which could run code on loading, is refused).
+
+    The file is memory-mapped first and nothing is read into memory until its entries pass: no
+    unexpected entry, with `config` the same configuration, and with `model` weights of the model's names and shapes and no more
+    tensor data than the model's weights and Adam's two moments (so a small file that claims a
+    huge tensor is refused before it is materialised). Then every tensor is copied into memory,
+    so the returned dict does not depend on the file staying as it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint at {path}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:  # what weights_only=True raises for a pickled object
         what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line), "")
         raise UserError(f"{path}: refused: it holds a pickled Python object, not only tensors and plain data "
@@ -127,14 +214,109 @@ def load_checkpoint(path, device="cpu"):
         raise UserError(f"{path}: not a loadable pyro-vae checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return state
+    extra = sorted(map(str, set(state) - CHECKPOINT_KEYS))
+    if extra:
+        raise UserError(f"{path}: refused: unexpected entries {', '.join(extra)[:100]}")
+    missing = sorted(CHECKPOINT_KEYS - set(state))
+    if missing:
+        raise UserError(f"{path}: incomplete checkpoint: no {', '.join(missing)}")
+    if config is not None:
+        check_checkpoint_config(state, config, path)
+    if model is not None:
+        check_weights(state["model"], model, path)
+        budget = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+        held = sum(t.numel() * t.element_size() for t in tensors_in(state))
+        if held > budget:
+            raise UserError(f"{path}: refused: it holds {held / 2**20:.0f} MB of tensors, and a checkpoint of this "
+                            f"model at most {budget / 2**20:.0f} MB")
+    return copy_tensors(state)
+
+
+def tensors_in(obj):
+    """Every tensor in nested dicts, lists and tuples."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors_in(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors_in(v)
+
+
+def copy_tensors(obj):
+    """`obj` with every tensor copied into memory (off a memory-mapped file)."""
+    if torch.is_tensor(obj):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: copy_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_tensors(v) for v in obj)
+    return obj
+
+
+def check_weights(weights, model, path):
+    """Weights of exactly the model's names, shapes and dtypes."""
+    expected = model.state_dict()
+    if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
+        raise UserError(f"{path}: model must map parameter names to tensors")
+    wrong = sorted(set(map(str, weights)) ^ set(expected))
+    if wrong:
+        raise UserError(f"{path} does not fit the model in config.json (parameters {', '.join(wrong)[:120]} "
+                        f"differ)")
+    for name, value in weights.items():
+        if value.shape != expected[name].shape or value.dtype != expected[name].dtype:
+            raise UserError(f"{path} does not fit the model in config.json ({name}: {value.dtype} "
+                            f"{tuple(value.shape)}, the model has {expected[name].dtype} {tuple(expected[name].shape)})")
+
+
+def check_checkpoint(state, model, config, path):
+    """Refuse, one field at a time, a checkpoint that does not fit `model` and `config`: another
+    configuration, weights of other names, shapes or types, NaN weights, a damaged epoch, history,
+    optimizer or random generator state. Nothing large is read before its name and shape pass."""
+    check_checkpoint_config(state, config, path)
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"{path}: epoch must be a whole number >= 0, got {epoch!r}")
+    try:
+        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
+    except (ValueError, RecursionError):
+        history = None
+    if not isinstance(history, list) or len(history) != epoch or not all(
+            isinstance(m, dict) and m.get("epoch") == i + 1 for i, m in enumerate(history)):
+        raise UserError(f"{path}: history must be a JSON list of the {epoch} epochs' metrics")
+    check_weights(state["model"], model, path)
+    for name, value in state["model"].items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{path}: {name} holds NaN or infinite weights")
+    if not isinstance(state["optimizer"], dict) or not isinstance(state["rng"], dict):
+        raise UserError(f"{path}: optimizer and rng must be dictionaries")
+
+
+def restore(trainer, state, config, path):
+    """Continue `trainer` from a checked checkpoint: weights, optimizer, epoch, history, every random
+    generator (last: building the model and data drew from them)."""
+    load_weights(trainer.model, state, path)
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"{path}: damaged optimizer state ({str(e)[:100]})") from None
+    trainer.set_lr(config.current("lr"))  # the saved state carries the rate it was saved with
+    trainer.history = json.loads(state["history"])
+    trainer.epoch = state["epoch"]
+    try:
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise UserError(f"{path}: damaged random generator state ({str(e)[:100]})") from None
 
 
 def check_checkpoint_config(state, config, path):
     """Refuse a checkpoint written by a run of another model or configuration."""
     try:
         saved = json.loads(state["config"])
-    except (KeyError, TypeError, ValueError):
+        if not isinstance(saved, dict):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise UserError(f"{path}: checkpoint has no readable configuration") from None
     wrong = [f"{k} {saved.get(k)!r} (config.json: {getattr(config, k)!r})"
              for k in ARCHITECTURE if saved.get(k) != getattr(config, k)]
@@ -167,7 +349,9 @@ def read_config(run_dir):
         if not isinstance(saved, dict):
             raise ValueError("not a JSON object")
     except (ValueError, OSError) as e:
-        raise UserError(f"{run_dir}/config.json is not readable ({e})") from None
+        raise UserError(f"{run_dir}/config.json is not readable ({str(e)[:100]})") from None
+    except RecursionError:
+        raise UserError(f"{run_dir}/config.json is not readable (nested too deeply)") from None
     return Config.from_dict(saved).resolved()
 
 
@@ -176,11 +360,12 @@ def load_run(run_dir, device="auto"):
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     device = resolve_device(device)
-    state = load_checkpoint(run_dir / "checkpoint.pt", device)
-    check_checkpoint_config(state, config, run_dir / "checkpoint.pt")
     data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
                         val_size=config.val_size, seed=config.seed)
     model = model_for(config, data).to(device)
-    load_weights(model, state, run_dir / "checkpoint.pt")
+    path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(path, model, config)
+    check_checkpoint(state, model, config, path)
+    load_weights(model, state, path)
     model.eval()
     return model, config, data

@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pyro
@@ -18,26 +19,38 @@ import torch
 
 from .. import distributed
 from ..data import load_dataset
-from ..errors import Diverged, Interrupted, UserError
+from ..errors import Diverged, Interrupted, Terminated, UserError
+from ..files import write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
 from .config import RESUMABLE, Config, resolve_device
 from .figures import run_figures
-from .store import (check_checkpoint_config, load_checkpoint, load_weights, make_run_dir, model_for, read_config,
-                    save_checkpoint, set_rng_state, write_metrics)
+from .store import (RunLock, check_checkpoint, clear_temporaries, create_dir, default_run_dir, load_checkpoint, make_run_dir, model_for,
+                    read_config, restore, save_checkpoint, write_metrics)
+
+# Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
+# SIGKILL 30 s after SIGTERM by default).
+GRACE = 20.0
 
 
-def train(config=None, out=None, progress=True, resume=None, **settings):
+def train(config=None, out=None, progress=True, resume=None, overwrite=False, grace=GRACE, **settings):
     """Train a model as `config` (a `Config`, or keyword settings) says, into run directory `out`.
 
     Writes config.json, metrics.jsonl, checkpoint.pt (at the start and after every epoch) and the
     figures; returns the run directory. `resume=RUN_DIR` continues that run exactly where its last
     checkpoint stopped, up to `epochs` (its own, or a new total given as a setting). A prior, guide
     or likelihood of your own is a class or function defined at the top level of a module: the
-    run records its import path and imports it again to evaluate, sample or resume."""
+    run records its import path and imports it again to evaluate, sample or resume.
+
+    `out` must be new or empty; `overwrite=True` lets it replace a previous run (its own files
+    only). The run holds a lock on its directory while it trains: a second writer fails at once.
+    SIGTERM (a scheduler's notice) finishes the current epoch if it ends within `grace` seconds,
+    else stops at once; either way the last finished epoch's checkpoint is kept and `Terminated`
+    (exit status 143) says how to resume."""
+    overrides = {}
     if resume is not None:
-        config = resume_config(resume, config, settings)
+        config, overrides = resume_config(resume, config, settings)
         out = resume
     else:
         config = (config or Config(**settings)).resolved()
@@ -47,15 +60,17 @@ def train(config=None, out=None, progress=True, resume=None, **settings):
         if config.batch_size < distributed.world_size():
             raise UserError(f"--batch-size {config.batch_size} is smaller than the {distributed.world_size()} "
                             f"processes that share each batch")
-        with ctrl_c() as stop:
-            return _train(config, out, device, progress and distributed.rank() == 0, resume is not None, stop)
+        with stop_signals(grace) as stop:
+            return _train(config, out, device, progress and distributed.rank() == 0, resume is not None, stop,
+                          overwrite, overrides)
     finally:
         if owns_group:
             distributed.cleanup()
 
 
 def resume_config(run_dir, config, settings):
-    """The run's own config.json, with the settings `--resume` may change."""
+    """The run's own config.json with the settings `--resume` may change: epochs, device and
+    data_dir replace the recorded ones; a new lr or clip_grad is kept apart (see `record_changes`)."""
     if config is not None:
         raise UserError("resume continues a run with its own config.json: pass settings, not a Config")
     fixed = sorted(k for k, v in settings.items() if v is not None and k not in RESUMABLE)
@@ -64,8 +79,23 @@ def resume_config(run_dir, config, settings):
                         f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may be given, "
                         f"not {', '.join('--' + k.replace('_', '-') for k in fixed)}")
     config = read_config(run_dir)
-    changed = {k: v for k, v in settings.items() if v is not None}
-    return Config(**{**config.to_dict(), **changed}).resolved()
+    changed = {k: v for k, v in settings.items() if v is not None and k not in CHANGEABLE}
+    config = Config(**{**config.to_dict(), **changed}).resolved()
+    return config, {k: settings[k] for k in CHANGEABLE if settings.get(k) is not None}
+
+
+# What a --resume may change in the middle of a run: recorded with its epoch, the original kept.
+CHANGEABLE = ("lr", "clip_grad")
+
+
+def record_changes(config, overrides, epoch):
+    """Append to config.changes the new values of `overrides` that differ from the current ones,
+    as holding from `epoch` on; config.json keeps the run's original settings."""
+    new = {k: v for k, v in overrides.items() if v != config.current(k)}
+    if new:
+        for k, v in new.items():  # checked as the original settings are
+            Config(**{k: v}).resolved()
+        config.changes.append({"epoch": epoch, **new})
 
 
 class Checkpoints(Callback):
@@ -84,51 +114,82 @@ class Checkpoints(Callback):
             except OSError as e:
                 raise UserError(f"cannot write the checkpoint in {self.run_dir}: {e}") from None
         if self.stop.asked():
-            raise Interrupted(f"interrupted after epoch {trainer.epoch} of {self.config.epochs}; checkpoint saved "
-                              f"in {self.run_dir}/checkpoint.pt; continue with: pyro-vae train --resume {self.run_dir}")
+            raise self.stop.error(f"after epoch {trainer.epoch} of {self.config.epochs}; checkpoint saved in "
+                                  f"{self.run_dir}/checkpoint.pt; continue with: pyro-vae train --resume {self.run_dir}")
+
+    def on_step_end(self, trainer, epoch, step, steps):
+        if self.stop.past_deadline():  # SIGTERM, and the epoch would not end within the grace period
+            raise self.stop.error(f"during epoch {epoch}; kept the checkpoint of epoch {trainer.epoch} in "
+                                  f"{self.run_dir}/checkpoint.pt; continue with: pyro-vae train --resume {self.run_dir}")
 
 
-def _train(config, out, device, progress, resuming, stop):
+def on_rank0(work):
+    """work() on process 0 only; its result, or the UserError it raised, reaches every process."""
+    result = None
+    if distributed.rank() == 0:
+        try:
+            result = work()
+        except UserError as e:
+            result = e
+    result = distributed.broadcast(result)
+    if isinstance(result, UserError):
+        raise result
+    return result
+
+
+def _train(config, out, device, progress, resuming, stop, overwrite=False, overrides=None):
+    locks = []  # process 0's lock on the run directory, held until training ends
+
+    def lock(run_dir):
+        locks.append(RunLock(run_dir).acquire())
+        return run_dir
+
+    try:
+        if resuming:  # nobody else may write the run while it is read and continued
+            on_rank0(lambda: lock(Path(out)))
+        return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock)
+    finally:
+        for held in locks:
+            held.release()
+
+
+def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock):
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
                         val_size=config.val_size, train_size=config.train_size, seed=config.seed)
     model = model_for(config, data).to(device)
     x_val, y_val = data.splits["val"]
     check_objective(model, config.elbo, *model_inputs(model, x_val[:2], y_val[:2], data.n_classes))
-    trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.lr, beta=config.beta,
-                      warmup_epochs=config.warmup_epochs, clip_grad=config.clip_grad)
     run_dir = Path(out) if resuming else None
     state = None
     if resuming and (run_dir / "checkpoint.pt").exists():  # killed before its first one: start afresh
-        state = load_checkpoint(run_dir / "checkpoint.pt", device)
-        check_checkpoint_config(state, config, run_dir / "checkpoint.pt")
-        load_weights(model, state, run_dir / "checkpoint.pt")
-        try:
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            trainer.set_lr(config.lr)  # the saved state carries the old rate
-            trainer.history = json.loads(state["history"])
-            trainer.epoch = state["epoch"]
-            set_rng_state(state["rng"])  # last: the model and data above drew from the generators
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise UserError(f"{run_dir}/checkpoint.pt is incomplete or from another version ({e})") from None
+        state = load_checkpoint(run_dir / "checkpoint.pt", model, config)
+        check_checkpoint(state, model, config, run_dir / "checkpoint.pt")
+        record_changes(config, overrides, state["epoch"])
+    config.device_used = str(device)
+    trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.current("lr"),
+                      beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"))
+    if state:
+        restore(trainer, state, config, run_dir / "checkpoint.pt")
     done = trainer.epoch
     if done > config.epochs:
         raise UserError(f"{run_dir} already has {done} epochs; --epochs is the new total, give more than {done}")
-    # process 0 writes the run directory; the others learn its name (or its error) from it
-    if distributed.rank() == 0:
-        try:
-            run_dir = make_run_dir(out, config)
-            for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing
-                stale.unlink(missing_ok=True)
-            write_metrics(run_dir, trainer.history)  # drops epochs logged after the checkpoint was written
-            if not state:
-                save_checkpoint(run_dir, model, trainer.optimizer, 0, config)
-        except (UserError, OSError) as e:
-            run_dir = e if isinstance(e, UserError) else UserError(f"cannot write {run_dir}: {e}")
-    run_dir = distributed.broadcast(run_dir)
-    if isinstance(run_dir, UserError):
-        raise run_dir
-    run_dir = Path(run_dir)
+
+    def open_run_dir():  # process 0 writes the run directory; the others learn its name (or its error)
+        if resuming:
+            clear_temporaries(run_dir)
+            write_json(run_dir / "config.json", config.to_dict())
+            target = run_dir
+        else:
+            target = Path(out) if out is not None else default_run_dir(config)
+            lock(create_dir(target))
+            target = make_run_dir(target, config, overwrite)  # refuses a folder that is not new, empty or ours
+        write_metrics(target, trainer.history)  # drops epochs logged after the checkpoint was written
+        if not state:
+            save_checkpoint(target, model, trainer.optimizer, 0, config)
+        return target
+
+    run_dir = Path(on_rank0(open_run_dir))
     if progress and done:
         print(f"resuming {run_dir} after epoch {done} of {config.epochs}")
 
@@ -136,11 +197,11 @@ def _train(config, out, device, progress, resuming, stop):
     try:
         trainer.run(data, config.epochs, config.batch_size, callbacks)
     except Diverged as e:
-        clip = config.clip_grad / 10 if config.clip_grad else 100
+        lr, clip = config.current("lr"), config.current("clip_grad")
         raise Diverged(f"{e}; kept the checkpoint of epoch {trainer.epoch} in {run_dir}/checkpoint.pt; continue "
-                       f"from it with a lower learning rate (--lr, now {config.lr:g}) or clipped gradients "
-                       f"(--clip-grad), e.g. pyro-vae train --resume {run_dir} --lr {config.lr / 10:g} "
-                       f"--clip-grad {clip:g}", e.epoch, e.step) from None
+                       f"from it with a lower learning rate (--lr, now {lr:g}) or clipped gradients "
+                       f"(--clip-grad), e.g. pyro-vae train --resume {run_dir} --lr {lr / 10:g} "
+                       f"--clip-grad {clip / 10 if clip else 100:g}", e.epoch, e.step) from None
     except Interrupted:
         raise
     except KeyboardInterrupt:
@@ -154,32 +215,55 @@ def _train(config, out, device, progress, resuming, stop):
     return run_dir
 
 
+class Stop:
+    """What the signal handlers asked for: stop after this epoch (Ctrl-C, or SIGTERM), or at once
+    once the SIGTERM grace period is over."""
+
+    def __init__(self, grace):
+        self.grace, self.flag, self.signal, self.deadline = grace, False, None, None
+
+    def ask(self, signum):
+        self.flag, self.signal = True, signum
+        if signum == signal.SIGTERM and self.deadline is None:
+            self.deadline = time.monotonic() + self.grace
+
+    def asked(self):
+        return distributed.any_process(self.flag)  # every process must stop after the same epoch
+
+    def past_deadline(self):
+        """Under torchrun, processes stop together at an epoch's end only (a per-step vote would cost a sync)."""
+        return self.deadline is not None and distributed.world_size() == 1 and time.monotonic() > self.deadline
+
+    def error(self, when):
+        if self.signal == signal.SIGTERM:
+            return Terminated(f"terminated (SIGTERM) {when}")
+        return Interrupted(f"interrupted {when}")
+
+
 @contextlib.contextmanager
-def ctrl_c():
+def stop_signals(grace=GRACE):
     """Within: the first Ctrl-C (SIGINT) asks training to stop after the current epoch, whose
-    checkpoint is then exact; a second raises KeyboardInterrupt at once. Yields an object whose
-    `asked()` says whether any process got one."""
+    checkpoint is then exact; a second raises KeyboardInterrupt at once. SIGTERM asks the same,
+    with `grace` seconds for the epoch to end, after which training stops at once keeping the
+    last checkpoint. Yields the `Stop` the training callbacks read."""
+    stop = Stop(grace)
 
-    class Stop:
-        flag = False
-
-        def asked(self):
-            return distributed.any_process(self.flag)  # every process must stop after the same epoch
-
-    stop = Stop()
-
-    def handler(signum, frame):
+    def on_sigint(signum, frame):
         if stop.flag:
             raise KeyboardInterrupt
-        stop.flag = True
+        stop.ask(signum)
         print("\npyro-vae: Ctrl-C: finishing this epoch to save its checkpoint "
               "(Ctrl-C again to stop at once, keeping the last one)", file=sys.stderr, flush=True)
+
+    def on_sigterm(signum, frame):
+        stop.ask(signum)
 
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stop
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])

@@ -1,0 +1,81 @@
+"""Writing files so that none is ever half-written or written through a link (layer 0, beside
+errors: every layer that writes a file uses it).
+
+`atomic_write` writes to a temporary file beside the target, flushes it to disk and renames it
+into place: a killed process leaves the previous complete version, and a symlink at the target
+is replaced, not followed. Temporary files carry a name no user file has
+(`.pyro-vae-tmp.<target>.<random>`), so cleaning up after a killed process never touches
+anything else. Every failure to write (a full disk, a read-only or missing folder, a directory
+where the file should be, no permission) is a one-line `UserError` naming the path.
+"""
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+TEMP_PREFIX = ".pyro-vae-tmp."
+
+
+def atomic_write(path, write):
+    """Call write(binary file object) on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a full disk as RuntimeError
+            raise write_error(path, e) from None
+        raise
+
+
+def write_error(path, error):
+    """The UserError for a failed write of `path`, in words a user can act on."""
+    code = getattr(error, "errno", None)
+    text = str(error)
+    if code == errno.ENOSPC or "No space left" in text or "file write failed" in text:
+        why = "the disk is full"
+    elif code == errno.EROFS:
+        why = "the file system is read-only"
+    elif code in (errno.EACCES, errno.EPERM):
+        why = "permission denied"
+    elif code == errno.ENOENT:
+        why = "its folder does not exist"
+    elif code in (errno.EISDIR, errno.ENOTDIR):
+        why = "a directory and a file are in each other's way"
+    else:
+        why = getattr(error, "strerror", None) or (text.strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"cannot write {path}: {why}")
+
+
+def write_json(path, obj):
+    """`obj` as indented JSON, atomically."""
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def is_temporary(path):
+    """Whether `path` is a temporary file this package made (and may delete)."""
+    return Path(path).name.startswith(TEMP_PREFIX)
+
+
+def check_writable(folder):
+    """Refuse, before any long work, a folder that cannot take a new file."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}probe.")
+    except OSError as e:
+        raise write_error(Path(folder) / "*", e) from None
+    os.close(fd)
+    os.unlink(tmp)
