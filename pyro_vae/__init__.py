@@ -19,7 +19,7 @@ This module is the Python API: the same functions the CLI calls.
 """
 
 from .data import Dataset, download, load_dataset
-from .errors import UserError
+from .errors import BadType, BadValue, UserError
 from .estimators import (accuracy, active_units, elbo_per_example, importance_sampled, latent_means, log_weights,
                          predict)
 from .models import MODELS, ModelContract, build_model, model_inputs
@@ -27,7 +27,7 @@ from .objectives import make_elbo
 from .runs import Config, evaluate_run, load_run, read_metrics, sample_run, train
 from .svi import Callback, Trainer, fit
 
-__all__ = ["accuracy", "active_units", "predict", "Dataset", "download", "load_dataset", "UserError",
+__all__ = ["accuracy", "active_units", "predict", "Dataset", "download", "load_dataset", "UserError", "BadValue", "BadType",
            "elbo_per_example", "evaluate_run", "importance_sampled", "latent_means", "log_weights", "sample_run",
            "MODELS", "ModelContract", "build_model", "model_inputs", "Config", "load_run", "read_metrics", "fit",
            "Trainer", "Callback", "make_elbo", "train"]

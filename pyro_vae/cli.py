@@ -8,6 +8,8 @@ import dataclasses
 import os
 import sys
 
+import torch
+
 from . import errors
 from .data import DATASETS, download
 from .errors import UserError
@@ -252,12 +254,27 @@ def main(argv=None):
         elif args.command == "download":
             print(f"{args.dataset}: {download(args.dataset, args.dest)}")
     except UserError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        say(f"pyro-vae: error: {one_line(e)}")
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        say(f"pyro-vae: error: out of memory ({one_line(e) or 'no detail'}); try a smaller --batch-size, "
+            f"--hidden or --max-batch")
         return 2
     except KeyboardInterrupt as e:  # train's Interrupted (Ctrl-C) or Terminated (SIGTERM) says what was kept
-        print(f"pyro-vae: {e or 'interrupted'}", file=sys.stderr)
+        say(f"pyro-vae: {one_line(e) or 'interrupted'}")
         return getattr(e, "status", 130)
     return 0
+
+
+def one_line(error):
+    """An exception's message as one line."""
+    return " ".join(str(error).split())
+
+
+def say(line):
+    """A message on stderr, from process 0 only under torchrun (every process exits with the same status)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_sigkill_at_random_moments_leaves_a_checkpoint_that_resumes(tmp_path):
         train(resume=out, epochs=done + 1, progress=False)
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] == done + 1
         assert len((out / "metrics.jsonl").read_text().splitlines()) == done + 1
-        assert not list(out.glob(".*.tmp"))
+        assert not list(out.glob(".pyro-vae-tmp.*")) and not list(out.glob(".*.tmp"))
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):

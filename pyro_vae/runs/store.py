@@ -78,10 +78,14 @@ class RunLock:
             self.fd = None
             raise UserError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or choose "
                             f"another --out") from None
+        return self
+
+    def announce(self):
+        """Write who holds the lock into the lock file, for a second writer's error message (once the
+        run is accepted, so a refused attempt changes nothing)."""
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"process {os.getpid()} on {socket.gethostname()} "
                            f"(since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
-        return self
 
     def release(self):
         if self.fd is not None:
@@ -111,7 +115,7 @@ def create_dir(out, what="run directory"):
     return out
 
 
-def prepare_run_dir(out, overwrite=False):
+def prepare_run_dir(out, overwrite=False, check_only=False):
     """Create the folder of a new run, or check that an existing one may take it: it must be empty
     (a lock or temporary files of this package aside), or with `overwrite` hold only a previous
     run's own files, which are then deleted. Files the package did not write are never touched."""
@@ -129,6 +133,8 @@ def prepare_run_dir(out, overwrite=False):
         if foreign:
             raise UserError(f"--overwrite replaces only a run's own files, and {out} also holds others ({shown}); "
                             f"choose a new or empty --out (nothing was changed)")
+    if check_only:
+        return out
     for p in out.iterdir():  # a previous run's files (with --overwrite), and temporaries of a killed writer
         if p.name != LOCK_FILE and is_run_file(p) and p.is_file():
             p.unlink()

@@ -26,8 +26,8 @@ from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
 from .config import RESUMABLE, Config, resolve_device
 from .figures import run_figures
-from .store import (RunLock, check_checkpoint, clear_temporaries, create_dir, default_run_dir, load_checkpoint, make_run_dir, model_for,
-                    read_config, restore, save_checkpoint, write_metrics)
+from .store import (RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
+                    prepare_run_dir, read_config, restore, save_checkpoint, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
 # SIGKILL 30 s after SIGTERM by default).
@@ -144,16 +144,19 @@ def _train(config, out, device, progress, resuming, stop, overwrite=False, overr
         locks.append(RunLock(run_dir).acquire())
         return run_dir
 
+    def announce():
+        locks[-1].announce()
+
     try:
         if resuming:  # nobody else may write the run while it is read and continued
             on_rank0(lambda: lock(Path(out)))
-        return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock)
+        return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock, announce)
     finally:
         for held in locks:
             held.release()
 
 
-def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock):
+def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock, announce):
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
                         val_size=config.val_size, train_size=config.train_size, seed=config.seed)
@@ -177,13 +180,16 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
 
     def open_run_dir():  # process 0 writes the run directory; the others learn its name (or its error)
         if resuming:
+            announce()
             clear_temporaries(run_dir)
             write_json(run_dir / "config.json", config.to_dict())
             target = run_dir
         else:
             target = Path(out) if out is not None else default_run_dir(config)
-            lock(create_dir(target))
-            target = make_run_dir(target, config, overwrite)  # refuses a folder that is not new, empty or ours
+            prepare_run_dir(target, overwrite, check_only=True)  # refused before anything is written in it
+            lock(target)
+            target = make_run_dir(target, config, overwrite)  # checked again under the lock, then written
+            announce()
         write_metrics(target, trainer.history)  # drops epochs logged after the checkpoint was written
         if not state:
             save_checkpoint(target, model, trainer.optimizer, 0, config)

@@ -1,0 +1,351 @@
+"""A run directory is owned by its run and nothing is lost: each case tried the way a hostile user
+would, asserting the one-line message, the exit status, and (by hashing) that no file outside the
+run, and no previous run, changed."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae.cli import main
+from pyro_vae.errors import BadType, BadValue, UserError
+from pyro_vae.runs import load_checkpoint
+
+SMALL = dict(dataset="digits", hidden=16, z_dim=2, train_size=200, batch_size=32, device="cpu")
+ARGS = ["--dataset", "digits", "--hidden", "16", "--z-dim", "2", "--train-size", "200", "--batch-size", "32",
+        "--device", "cpu", "--quiet"]
+
+
+def hashes(folder):
+    """sha256 of every file below `folder` (links as links), by relative path."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink():
+            out[str(p.relative_to(folder))] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished two-epoch run, copied afresh by each test that may damage it."""
+    return pyro_vae.train(out=tmp_path_factory.mktemp("trained") / "run", progress=False, epochs=2, **SMALL)
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+# --- the run directory belongs to its run ------------------------------------------------------------
+
+def test_train_over_an_existing_run_is_refused_and_the_run_kept(run, cli_error):
+    before = hashes(run)
+    cli_error(["train", *ARGS, "--epochs", "1", "--out", str(run)], "already holds a run", "--resume", "--overwrite")
+    assert hashes(run) == before
+
+
+def test_overwrite_replaces_a_previous_run_and_only_its_files(run, tmp_path):
+    assert main(["train", *ARGS, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    (run / "notes.txt").write_text("mine")
+    before = hashes(run)
+    assert main(["train", *ARGS, "--epochs", "1", "--out", str(run), "--overwrite"]) == 2  # a foreign file: no
+    assert hashes(run) == before
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_of_unrelated_files_is_never_touched(tmp_path, cli_error, overwrite):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, text in [("config.txt", "a"), ("samples.png", "not a figure"), (".notes.tmp", "hidden"),
+                       (".config.json.abc.tmp", "looks like an old temporary")]:
+        (folder / name).write_text(text)
+    before = hashes(folder)
+    cli_error(["train", *ARGS, "--epochs", "1", "--out", str(folder), *overwrite], "choose a new or empty --out")
+    assert hashes(folder) == before
+
+
+def test_two_writers_of_one_directory_the_second_fails_at_once(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", "400", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.pt").exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", "1", "--out", str(out),
+                                 "--overwrite"], capture_output=True, text=True, timeout=60)
+        resumer = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--resume", str(out), "--epochs", "500",
+                                  "--quiet"], capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - started < 30  # at once, not after the first finished
+        for other in (second, resumer):
+            assert other.returncode == 2
+            assert other.stderr.count("\n") == 1 and f"in use by process {first.pid}" in other.stderr
+        assert first.poll() is None  # the first is still training, undisturbed
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert json.loads((out / "config.json").read_text())["epochs"] == 400  # the first run's own config
+    assert state["epoch"] == len((out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", "400", "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    assert (out / ".pyro-vae.lock").exists()
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    pyro_vae.train(resume=out, epochs=done + 1, progress=False)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == done + 1
+
+
+@pytest.mark.parametrize("figure", ["samples.png", "elbo.png", "latent.png", "reconstructions.png"])
+def test_figures_replace_a_symlink_instead_of_writing_through_it(run, tmp_path, figure):
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes")
+    (run / figure).unlink()
+    (run / figure).symlink_to(victim)
+    if figure == "samples.png":
+        assert main(["sample", str(run), "--device", "cpu"]) == 0
+    else:
+        pyro_vae.train(resume=run, epochs=3, progress=False)  # training draws every figure again
+    assert victim.read_text() == "my notes"
+    assert not (run / figure).is_symlink() and (run / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_and_metrics_replace_a_symlink_too(run, tmp_path):
+    victim = tmp_path / "precious.bin"
+    victim.write_bytes(b"precious")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(victim)
+    pyro_vae.train(resume=run, epochs=3, progress=False)
+    assert victim.read_bytes() == b"precious"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+# --- SIGTERM (a scheduler's notice) ------------------------------------------------------------------
+
+def sigterm_run(out, grace, epochs=400):
+    child = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", str(epochs),
+                              "--out", str(out), "--grace", str(grace)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    return child.returncode, err
+
+
+def test_sigterm_keeps_the_last_epoch_and_resumes_bitwise(tmp_path):
+    out = tmp_path / "run"
+    code, err = sigterm_run(out, grace=0)
+    assert code == 143 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pyro-vae: terminated (SIGTERM)") and f"--resume {out}" in last
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert f"checkpoint of epoch {done}" in last or f"after epoch {done}" in last
+    pyro_vae.train(resume=out, epochs=done + 2, progress=False)
+    pyro_vae.train(out=tmp_path / "straight", epochs=done + 2, progress=False, **SMALL)
+    resumed, straight = load_checkpoint(out / "checkpoint.pt"), load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    for name in straight["model"]:
+        assert torch.equal(resumed["model"][name], straight["model"][name]), name
+    assert torch.equal(resumed["rng"]["torch"], straight["rng"]["torch"])
+
+
+def test_sigterm_with_a_grace_period_finishes_the_epoch(tmp_path):
+    out = tmp_path / "run"
+    code, err = sigterm_run(out, grace=60)
+    assert code == 143
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pyro-vae: terminated (SIGTERM) after epoch")
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"]
+    assert f"after epoch {done} " in last and len((out / "metrics.jsonl").read_text().splitlines()) == done
+
+
+# --- bounded resources and one-line errors ----------------------------------------------------------
+
+def test_sample_asks_for_too_many_draws(run, cli_error):
+    before = hashes(run)
+    cli_error(["sample", str(run), "--n", "2000000"], "at most 4096")
+    assert hashes(run) == before
+
+
+@pytest.mark.parametrize("out, needle", [
+    ("DIR", "is a directory"), ("missing/s.png", "does not exist"), ("s.txt", "ends in .png"), ("plain", "ends in .png"),
+])
+def test_sample_out_is_checked_before_any_work(run, tmp_path, cli_error, out, needle):
+    target = tmp_path if out == "DIR" else tmp_path / out
+    cli_error(["sample", str(run), "--out", str(target)], needle)
+    assert not (tmp_path / "plain.png").exists()
+
+
+def test_quadrants_out_under_a_file(tmp_path, cli_error):
+    (tmp_path / "file").write_text("x")
+    cli_error(["quadrants", "--dataset", "digits", "--out", str(tmp_path / "file" / "sub")], "cannot write")
+
+
+def test_a_figure_path_that_is_a_directory(run, cli_error):
+    (run / "samples.png").unlink()
+    (run / "samples.png").mkdir()
+    cli_error(["sample", str(run)], "samples.png", "is a directory")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--hidden", "1000000000"], "would need about"),
+    (["train", "--device", "cuda:1"], "cuda:1"),
+    (["train", "--device", "gpu"], "unknown device"),
+    (["train", "--beta", "inf"], "beta"),
+    (["train", "--train-size", "1", "--dataset", "digits", "--epochs", "1"], None),
+])
+def test_impossible_sizes_and_devices(tmp_path, cli_error, argv, needle):
+    if needle is None:  # one image is enough for a training split of one: it must train
+        assert main([*argv, "--hidden", "8", "--z-dim", "2", "--quiet", "--out", str(tmp_path / "r")]) == 0
+        return
+    cli_error([*argv, "--out", str(tmp_path / "r")], needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_idx_training_split_of_one_image(tmp_path, cli_error, monkeypatch):
+    import gzip
+    import struct
+
+    import numpy as np
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, n in [("train", 1), ("t10k", 5)]:
+        images = np.random.default_rng(0).integers(0, 256, (n, 4, 4), dtype=np.uint8)
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">HBB3I", 0, 8, 3, n, 4, 4)
+                                                                            + images.tobytes()))
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">HBB1I", 0, 8, 1, n)
+                                                                            + bytes(n)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYRO_VAE_DATA", raising=False)
+    cli_error(["train", "--dataset", "kmnist", "--data-dir", str(folder), "--hidden", "8", "--z-dim", "2",
+               "--out", str(tmp_path / "r")], "leave none to train on")
+
+
+def test_classifier_files_that_are_not_classifiers(tmp_path, cli_error):
+    run = pyro_vae.train(out=tmp_path / "c1", progress=False, epochs=1, model="cvae1", **SMALL)
+    argv = ["evaluate", str(run), "--iw-samples", "2", "--examples", "10", "--quiet", "--device", "cpu"]
+    cli_error([*argv, "--classifier", str(tmp_path)], "is not a file")
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": "pyro-vae-classifier/1", "dataset": "digits", "net": {}}, partial)
+    cli_error([*argv, "--classifier", str(partial)], "damaged reference classifier")
+
+
+def test_resume_with_a_new_rate_keeps_the_original_and_records_the_change(run):
+    original = json.loads((run / "config.json").read_text())
+    pyro_vae.train(resume=run, epochs=3, lr=1e-4, clip_grad=50.0, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == original["lr"] and config["clip_grad"] is None
+    assert config["changes"] == [{"epoch": 2, "lr": 1e-4, "clip_grad": 50.0}]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-4  # and it trained with it
+    pyro_vae.train(resume=run, epochs=4, lr=1e-4, progress=False)  # the same rate again: no new entry
+    assert json.loads((run / "config.json").read_text())["changes"] == config["changes"]
+
+
+def test_config_records_the_device_used(run):
+    assert json.loads((run / "config.json").read_text())["device_used"] == "cpu"
+
+
+@pytest.mark.parametrize("call, kind", [
+    (lambda d: pyro_vae.fit(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), d, epochs=1, batch_size=0), BadValue),
+    (lambda d: pyro_vae.importance_sampled(lambda x: None, lambda x: None, torch.zeros(2, 3), samples=0), BadValue),
+    (lambda d: pyro_vae.evaluate_run("nowhere", iw_samples="5"), BadType),
+    (lambda d: pyro_vae.build_model("vae", 64, z_dim="8"), BadType),
+    (lambda d: pyro_vae.build_model("vae", 64, z_dim=0), BadValue),
+])
+def test_the_api_raises_value_and_type_errors_of_the_package(tiny_digits, call, kind):
+    with pytest.raises(kind) as info:
+        call(tiny_digits)
+    assert isinstance(info.value, UserError)
+    assert isinstance(info.value, TypeError if kind is BadType else ValueError)
+
+
+def test_fit_on_an_empty_training_split(tiny_digits):
+    import dataclasses
+
+    empty = dataclasses.replace(tiny_digits, splits={**tiny_digits.splits,
+                                                     "train": tuple(t[:0] for t in tiny_digits.splits["train"])})
+    with pytest.raises(BadValue, match="training split is empty"):
+        pyro_vae.fit(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), empty, epochs=1, batch_size=8)
+
+
+# --- read-only and full file systems (a small tmpfs; needs root) ------------------------------------
+
+def can_mount():
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and subprocess.run(
+        ["mount", "--version"], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a tmpfs of that many bytes under tmp_path; remount(readonly=True)."""
+    mounted = []
+
+    def mount(size):
+        point = tmp_path / f"fs{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    if not can_mount():
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary(tmpfs, cli_error):
+    disk = tmpfs("120k")  # room for config.json, not for a checkpoint
+    cli_error(["train", *ARGS, "--epochs", "1", "--out", str(disk / "run")], "the disk is full")
+    assert not [p for p in (disk / "run").iterdir() if p.name.startswith(".pyro-vae-tmp.")]
+
+
+def test_a_read_only_run_is_refused_before_the_scoring(trained, tmpfs, cli_error):
+    import shutil
+
+    disk = tmpfs("4m")
+    shutil.copytree(trained, disk / "run")
+    before = hashes(disk / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    started = time.monotonic()
+    cli_error(["evaluate", str(disk / "run"), "--iw-samples", "5000", "--quiet", "--device", "cpu"], "read-only")
+    assert time.monotonic() - started < 20  # refused before K = 5000 on every test image
+    cli_error(["sample", str(disk / "run"), "--device", "cpu"], "read-only")
+    cli_error(["train", "--resume", str(disk / "run"), "--epochs", "3", "--quiet"], "read-only")
+    assert hashes(disk / "run") == before
