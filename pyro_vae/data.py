@@ -80,6 +80,7 @@ class Dataset:
     classes: list
     splits: dict = field(default_factory=dict)  # "train" | "val" | "test" -> (x, y)
     binarized: bool = False  # val/test hold fixed binary pixels; train is binarized per batch
+    labelled: object = None  # semi-supervised: indices of the training examples whose label is kept
 
     @property
     def x_dim(self):
@@ -128,9 +129,9 @@ EXTRA_COUNTED = 16 << 20  # bytes past the header's size that are counted (not k
 def read_idx(path, expected_dims, max_bytes=MAX_IDX_BYTES):
     """Read one gzipped IDX file into a uint8 numpy array, checking every header field.
 
-    The file is inflated as a stream into an array of the size its header gives, so memory never
-    holds more than the data set: a file that inflates to more (a "gzip bomb") is refused after
-    reading at most EXTRA_COUNTED bytes past that size."""
+    The file is inflated as a stream, up to the size its header gives, so memory never holds more
+    than the data set (nor more than the file holds, whatever its header claims): a file that
+    inflates to more (a "gzip bomb") is refused after reading at most EXTRA_COUNTED bytes past it."""
     try:
         with gzip.open(path, "rb") as f:
             head = f.read(4)
@@ -148,12 +149,12 @@ def read_idx(path, expected_dims, max_bytes=MAX_IDX_BYTES):
             said = f"header says {'x'.join(map(str, dims))} = {size} bytes of data"
             if size > max_bytes:
                 raise UserError(f"{path}: {said}, more than the {max_bytes >> 20} MB this reader takes")
-            data = np.empty(size, dtype=np.uint8)
-            view, got = memoryview(data), 0
-            while got < size and (n := f.readinto(view[got:])):
-                got += n
-            if got < size:
-                raise UserError(f"{path}: {said}, file holds {got}")
+            raw = bytearray()  # grown as the data arrives: a header that claims more costs nothing
+            while len(raw) < size and (chunk := f.read(min(1 << 24, size - len(raw)))):
+                raw += chunk
+            if len(raw) < size:
+                raise UserError(f"{path}: {said}, file holds {len(raw)}")
+            data = np.frombuffer(raw, dtype=np.uint8)
             extra = 0
             while extra <= EXTRA_COUNTED and (chunk := f.read(1 << 20)):
                 extra += len(chunk)
@@ -225,14 +226,14 @@ def _fetch(url, dest, progress, max_bytes, deadline):
 
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX, suffix=".part")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             if total and total > max_bytes:
                 raise OSError(f"the server announces {total} bytes, more than the {max_bytes} a data file may have")
             written = 0
             with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
                       disable=not progress) as bar:
-                while chunk := response.read(1 << 16):
+                while chunk := response.read1(1 << 16):  # what has arrived: a trickle still meets the deadline
                     written += len(chunk)
                     if written > max_bytes:
                         raise OSError(f"stopped after {max_bytes} bytes, more than a data file may have")
@@ -267,12 +268,17 @@ def _digits():
 
 
 def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_size=0.1,
-                 train_size=None, seed=0):
+                 train_size=None, seed=0, labels=None):
     """Load a data set as a `Dataset` of tensors on `device`.
 
     The validation split is a seeded `val_size` share of the training split (model selection);
     the test split is the official one (a fixed 20% for `digits`). `train_size` keeps only the
-    first N training examples (after the validation split is carved off), for quick runs."""
+    first N training examples (after the validation split is carved off), for quick runs.
+
+    `labels=N` (semi-supervised training) keeps the labels of N training examples, balanced over
+    the classes and drawn with `seed`, and hides the rest, and every validation label, as -1;
+    `data.labelled` holds the kept examples' indices in the training split. None or "all": every
+    label is kept."""
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     if name == "digits":
@@ -304,12 +310,31 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     data.splits["train"] = split(x_train[train], y_train[train])
     data.splits["val"] = split(x_train[val], y_train[val])
     data.splits["test"] = split(x_test, y_test)
+    if labels is not None and labels != "all":
+        data.labelled = keep_labels(y_train[train], labels, len(CLASS_NAMES[name]), seed)
+        hidden = torch.full((len(train),), -1, dtype=torch.long)
+        hidden[data.labelled] = torch.as_tensor(y_train[train][data.labelled], dtype=torch.long)
+        data.splits["train"] = (data.splits["train"][0], hidden.to(device))
+        data.splits["val"] = (data.splits["val"][0], torch.full_like(data.splits["val"][1], -1))
     if binarize:
         g = torch.Generator(device=device).manual_seed(EVAL_BINARIZATION_SEED)
         for s in ("val", "test"):
             x, y = data.splits[s]
             data.splits[s] = (torch.bernoulli(x, generator=g), y)
     return data
+
+
+def keep_labels(y, n, n_classes, seed):
+    """Indices of `n` examples of labels `y`, as even over the classes as they allow, drawn with `seed`."""
+    positive_int("labels", n)
+    if n > len(y):
+        raise BadValue(f"labels {n}: the training split has only {len(y)} examples")
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(y == k)) for k in range(n_classes)]
+    quota = [0] * n_classes
+    for _ in range(n):  # one more for the class with the fewest so far that still has examples
+        quota[min((k for k in range(n_classes) if quota[k] < len(by_class[k])), key=lambda k: quota[k])] += 1
+    return np.sort(np.concatenate([c[:q] for c, q in zip(by_class, quota)])).astype(np.int64)
 
 
 def binarize(x):

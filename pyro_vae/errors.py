@@ -37,12 +37,22 @@ class Terminated(Interrupted):
     status = 143
 
 
+def finite(value):
+    """math.isfinite, False for an integer too large for a float (10**400) instead of OverflowError."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def positive_int(name, value):
     """`value` if it is a whole number above 0, else a BadType or BadValue naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadType(f"{name} must be a positive whole number, got {value!r}")
     if value <= 0:
         raise BadValue(f"{name} must be a positive whole number, got {value!r}")
+    if value >= 1 << 62:
+        raise BadValue(f"{name} must be a positive whole number below 2**62, got {str(value)[:40]}...")
     return value
 
 
@@ -50,8 +60,8 @@ def positive_number(name, value):
     """`value` if it is a finite number above 0, else a BadType or BadValue naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadType(f"{name} must be a positive finite number, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise BadValue(f"{name} must be a positive finite number, got {value!r}")
+    if not finite(value) or value <= 0:
+        raise BadValue(f"{name} must be a positive finite number, got {str(value)[:40]}")
     return value
 
 
@@ -59,6 +69,6 @@ def non_negative_number(name, value):
     """`value` if it is a finite number not below 0, else a UserError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadType(f"{name} must be a finite number not below 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise BadValue(f"{name} must be a finite number not below 0, got {value!r}")
+    if not finite(value) or value < 0:
+        raise BadValue(f"{name} must be a finite number not below 0, got {str(value)[:40]}")
     return value

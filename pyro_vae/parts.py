@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import UserError
+from .errors import BadType, UserError
 from .nets import MLP
 
 # --- priors -------------------------------------------------------------------------------
@@ -306,4 +306,14 @@ def make_part(kind, table, choice, **sizes):
     """A part from its name, an import path "module:Name", a constructor or class taking the
     kind's keyword arguments, or a built module."""
     made = constructor(kind, table, choice)
-    return made if isinstance(made, nn.Module) else made(**sizes)
+    if isinstance(made, nn.Module):
+        return made
+    name = repr(choice) if isinstance(choice, str) else getattr(made, "__qualname__", repr(made))
+    try:
+        part = made(**sizes)
+    except TypeError as e:  # not a constructor of this kind (e.g. builtins:print)
+        raise BadType(f"{kind} {name} cannot be built as {kind}({', '.join(f'{k}=' for k in sizes)}): {e}") from None
+    if not isinstance(part, nn.Module):
+        raise BadType(f"{kind} {name} gave a {type(part).__name__}, not an nn.Module whose forward returns a "
+                      f"distribution")
+    return part

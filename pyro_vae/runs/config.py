@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data import DATASETS
-from ..errors import BadType, BadValue, UserError, positive_int, positive_number
+from ..errors import BadType, BadValue, UserError, finite, positive_int, positive_number
 from ..models import model_class
 from ..objectives import ELBOS
 from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, import_object, import_path
@@ -53,7 +53,7 @@ class Config:
     likelihood: str | None = None
     prior: str | None = None
     guide: str | None = None
-    elbo: str = "trace"
+    elbo: str | None = None
     particles: int = 1
     beta: float = 1.0
     warmup_epochs: int = 0
@@ -63,6 +63,8 @@ class Config:
     train_size: int | None = None
     val_size: float = 0.1
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
+    labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
+    alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
     # Written by training, not set by a user: the device each training call ran on, and the
     # learning rate or clipping a --resume changed, with the epoch from which it held.
     device_used: str | None = None
@@ -76,7 +78,7 @@ class Config:
         """A copy with the defaults filled in, parts of your own as import paths, every value checked."""
         self.check_types()
         cls = model_class(self.model)
-        for what, value, valid in [("data set", self.dataset, DATASETS), ("objective", self.elbo, ELBOS)]:
+        for what, value, valid in [("data set", self.dataset, DATASETS), ("objective", self.elbo or "trace", ELBOS)]:
             if value not in valid:
                 raise UserError(f"unknown {what} {value!r}; choose from {', '.join(valid)}")
         if isinstance(self.likelihood, str) and ":" not in self.likelihood and self.likelihood not in LIKELIHOODS:
@@ -87,6 +89,22 @@ class Config:
         filled.update({kind: recorded_part(kind, filled[kind]) for kind in PARTS})
         filled.update(cls.choose_parts(**{kind: filled[kind] for kind in PARTS}))
         c = Config(**filled)
+        c.elbo = c.elbo or cls.defaults["elbo"]
+        if cls.elbos is not None and c.elbo not in cls.elbos:
+            raise BadValue(f"{c.model} sums its label out exactly: its objective is {' or '.join(cls.elbos)}, "
+                           f"not {c.elbo!r}")
+        if c.labels is not None:
+            if c.model != "m2":
+                raise BadValue(f"--labels hides training labels for the semi-supervised m2; {c.model} needs every "
+                               f"label (or none)")
+            if isinstance(c.labels, str) and c.labels != "all":
+                raise BadValue(f"labels must be a positive whole number or 'all', got {c.labels!r}")
+            if not isinstance(c.labels, str):
+                positive_int("labels", c.labels)
+        if c.model == "m2" and c.labels is None:
+            c.labels = "all"
+        if not finite(c.alpha) or c.alpha < 0:
+            raise BadValue(f"alpha must be a finite number not below 0, got {c.alpha}")
         for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
             positive_int(name, getattr(c, name))
         for name in ("lr", "clip_grad"):
@@ -100,7 +118,7 @@ class Config:
             positive_int("train_size", c.train_size)
         if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
             raise BadValue(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
-        if not math.isfinite(c.beta):
+        if not finite(c.beta):
             raise BadValue(f"beta must be a finite number, got {c.beta}")
         for change in c.changes:
             if (not isinstance(change, dict) or not isinstance(change.get("epoch"), int) or isinstance(
@@ -117,6 +135,12 @@ class Config:
 
     def check_types(self):
         """Each setting of the type its field declares (a hand-edited config.json is read with this)."""
+        if isinstance(self.changes, list):
+            for change in self.changes:  # flat before anything copies it: a deep nesting is refused here
+                if not isinstance(change, dict) or set(change) - {"epoch", "lr", "clip_grad"} or not all(
+                        v is None or isinstance(v, (int, float)) for v in change.values()):
+                    raise BadType(f"changes: each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
+                                  f"{repr(change)[:80]}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in PARTS and (callable(value) or isinstance(value, nn.Module)):

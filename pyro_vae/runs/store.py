@@ -23,17 +23,18 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
-from ..errors import UserError
+from ..errors import UserError, finite
 from ..files import atomic_write, is_temporary, write_error, write_json
 from ..models import build_model
 from .config import ARCHITECTURE, Config, resolve_device
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # The files a run directory may hold, all written by this package; --overwrite deletes only these.
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "eval.json", "samples.png", "reconstructions.png",
-             "elbo.png", "latent.png")
+             "elbo.png", "latent.png", "labelled.json")
 LOCK_FILE = ".pyro-vae.lock"
 
 
@@ -226,38 +227,46 @@ def load_checkpoint(path, model=None, config=None):
     missing = sorted(CHECKPOINT_KEYS - set(state))
     if missing:
         raise UserError(f"{path}: incomplete checkpoint: no {', '.join(missing)}")
+    held = sum(t.numel() * t.element_size() for t in tensors_in(state, path))  # also refuses a deep nesting
     if config is not None:
         check_checkpoint_config(state, config, path)
     if model is not None:
         check_weights(state["model"], model, path)
         budget = 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
-        held = sum(t.numel() * t.element_size() for t in tensors_in(state))
         if held > budget:
             raise UserError(f"{path}: refused: it holds {held / 2**20:.0f} MB of tensors, and a checkpoint of this "
                             f"model at most {budget / 2**20:.0f} MB")
     return copy_tensors(state)
 
 
-def tensors_in(obj):
-    """Every tensor in nested dicts, lists and tuples."""
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from tensors_in(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from tensors_in(v)
+MAX_DEPTH = 8  # a checkpoint's entries nest 5 deep (optimizer -> state -> id -> name -> tensor)
 
 
-def copy_tensors(obj):
-    """`obj` with every tensor copied into memory (off a memory-mapped file)."""
+def tensors_in(obj, path="checkpoint"):
+    """Every tensor in nested dicts, lists and tuples; a UserError past MAX_DEPTH levels."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{path}: refused: entries nested more than {MAX_DEPTH} deep")
+        if torch.is_tensor(item):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def copy_tensors(obj, depth=0):
+    """`obj` with every tensor copied into memory (off a memory-mapped file); its depth was checked."""
     if torch.is_tensor(obj):
         return obj.clone()
+    if depth > MAX_DEPTH:
+        raise UserError(f"refused: checkpoint entries nested more than {MAX_DEPTH} deep")
     if isinstance(obj, dict):
-        return {k: copy_tensors(v) for k, v in obj.items()}
+        return {k: copy_tensors(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(copy_tensors(v) for v in obj)
+        return type(obj)(copy_tensors(v, depth + 1) for v in obj)
     return obj
 
 
@@ -289,8 +298,11 @@ def check_checkpoint(state, model, config, path):
     except (ValueError, RecursionError):
         history = None
     if not isinstance(history, list) or len(history) != epoch or not all(
-            isinstance(m, dict) and m.get("epoch") == i + 1 for i, m in enumerate(history)):
-        raise UserError(f"{path}: history must be a JSON list of the {epoch} epochs' metrics")
+            isinstance(m, dict) and m.get("epoch") == i + 1 and all(
+                isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) and finite(m[k])
+                for k in ("train_elbo", "val_elbo", "seconds")) for i, m in enumerate(history)):
+        raise UserError(f"{path}: history must be a JSON list of the {epoch} epochs' metrics (epoch, train_elbo, "
+                        f"val_elbo, seconds)")
     check_weights(state["model"], model, path)
     for name, value in state["model"].items():
         if value.is_floating_point() and not torch.isfinite(value).all():
@@ -301,19 +313,47 @@ def check_checkpoint(state, model, config, path):
 
 def restore(trainer, state, config, path):
     """Continue `trainer` from a checked checkpoint: weights, optimizer, epoch, history, every random
-    generator (last: building the model and data drew from them)."""
+    generator (last: building the model and data drew from them). Everything is checked before the
+    run directory is written to."""
     load_weights(trainer.model, state, path)
+    check_optimizer_state(state["optimizer"], trainer.optimizer, path)
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         raise UserError(f"{path}: damaged optimizer state ({str(e)[:100]})") from None
     trainer.set_lr(config.current("lr"))  # the saved state carries the rate it was saved with
     trainer.history = json.loads(state["history"])
     trainer.epoch = state["epoch"]
     try:
         set_rng_state(state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as e:
         raise UserError(f"{path}: damaged random generator state ({str(e)[:100]})") from None
+
+
+def check_optimizer_state(saved, optimizer, path):
+    """Adam's state as this package writes it: the settings of a fresh Adam (the rate aside) and,
+    per parameter, a step count and two moments of the parameter's shape."""
+    bad = f"{path}: damaged optimizer state"
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or not isinstance(
+            saved.get("param_groups"), list) or len(saved["param_groups"]) != len(optimizer.param_groups):
+        raise UserError(f"{bad}: not Adam's state of this model")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for group, fresh in zip(saved["param_groups"], optimizer.param_groups):
+        if not isinstance(group, dict) or set(group) != set(fresh):
+            raise UserError(f"{bad}: its settings are not Adam's")
+        wrong = [k for k in fresh if k not in ("params", "lr") and group[k] != fresh[k]]
+        if wrong:
+            raise UserError(f"{bad}: {', '.join(wrong)} differ from the Adam this package uses")
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise UserError(f"{bad}: an entry for no parameter")
+        shape = params[index].shape
+        if set(entry) != {"step", "exp_avg", "exp_avg_sq"} or not all(
+                torch.is_tensor(entry[k]) and entry[k].shape == shape and entry[k].is_floating_point()
+                and torch.isfinite(entry[k]).all() for k in ("exp_avg", "exp_avg_sq")) or not (
+                torch.is_tensor(entry["step"]) and entry["step"].numel() == 1):
+            raise UserError(f"{bad}: the moments of parameter {index} are not two finite tensors of its shape "
+                            f"{tuple(shape)} with a step count")
 
 
 def check_checkpoint_config(state, config, path):
@@ -340,16 +380,20 @@ def load_weights(model, state, path):
 
 def model_for(config, data):
     """The model a config describes, sized for the data set."""
-    y_dim = data.n_classes
-    x_dim = data.x_dim
-    return build_model(config.model, x_dim, y_dim, z_dim=config.z_dim, hidden=config.hidden,
-                       likelihood=config.likelihood, prior=config.prior, guide=config.guide)
+    model = build_model(config.model, data.x_dim, data.n_classes, z_dim=config.z_dim, hidden=config.hidden,
+                        likelihood=config.likelihood, prior=config.prior, guide=config.guide)
+    if hasattr(model, "alpha"):  # m2's auxiliary weight
+        model.alpha = config.alpha
+    return model
 
 
 def read_config(run_dir):
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
+    size = (run_dir / "config.json").stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{run_dir}/config.json is {size} bytes; a run's configuration is a few hundred")
     try:
         saved = json.loads((run_dir / "config.json").read_text())
         if not isinstance(saved, dict):
@@ -358,7 +402,10 @@ def read_config(run_dir):
         raise UserError(f"{run_dir}/config.json is not readable ({str(e)[:100]})") from None
     except RecursionError:
         raise UserError(f"{run_dir}/config.json is not readable (nested too deeply)") from None
-    return Config.from_dict(saved).resolved()
+    try:
+        return Config.from_dict(saved).resolved()
+    except UserError as e:  # say which file: the run's own settings are what is wrong
+        raise type(e)(f"{run_dir}/config.json: {e}") from None
 
 
 def load_run(run_dir, device="auto"):
@@ -367,7 +414,7 @@ def load_run(run_dir, device="auto"):
     config = read_config(run_dir)
     device = resolve_device(device)
     data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
-                        val_size=config.val_size, seed=config.seed)
+                        val_size=config.val_size, train_size=config.train_size, seed=config.seed, labels=config.labels)
     model = model_for(config, data).to(device)
     path = run_dir / "checkpoint.pt"
     state = load_checkpoint(path, model, config)
