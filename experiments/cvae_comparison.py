@@ -1,4 +1,4 @@
-"""Compare vae and cvae1..cvae4 with one architecture and budget per data set.
+"""Compare vae, cvae1..cvae4 and m2 (fully labelled) with one architecture and budget per data set.
 
 Trains each variant on `digits` and on binarized Fashion-MNIST, scores it with `evaluate_run`
 (test ELBO, importance-sampled log-likelihood, cvae3 accuracy, label fidelity), and writes
@@ -23,7 +23,7 @@ from pyro_vae import Config, evaluate_run, load_run, train
 from pyro_vae.runs.figures import conditional_panels
 from pyro_vae.runs import read_metrics
 
-MODELS = ["vae", "cvae1", "cvae2", "cvae3", "cvae4"]
+MODELS = ["vae", "cvae1", "cvae2", "cvae3", "cvae4", "m2"]
 # One architecture and budget per data set, the same for every variant. The Fashion-MNIST budget
 # is what finishes on one shared CPU thread in minutes, not a converged result.
 BUDGETS = {
@@ -31,7 +31,7 @@ BUDGETS = {
     "fashion-mnist": dict(epochs=10, z_dim=20, hidden=200, batch_size=128, iw_samples=1000, examples=2000),
 }
 BOUND_OF = {"vae": "log p(x)", "cvae1": r"log p(x\|y)", "cvae2": r"log p(x\|y)", "cvae3": r"log p(y\|x)",
-            "cvae4": r"log p(x\|y)"}  # \| : a bar inside a markdown table cell
+            "cvae4": r"log p(x\|y)", "m2": "log p(x)"}  # \| : a bar inside a markdown table cell
 HERE = Path(__file__).resolve().parent
 
 
@@ -59,7 +59,7 @@ def table(dataset, budget, rows):
              f"seed 0. Scored on the fixed binarization of the first "
              f"{rows[0][1]['examples']} test examples; log-likelihood with K = {k} importance samples from "
              f"q(z|x,y). Nats per example, higher is better.", "",
-             "| variant | bound of | test ELBO | test log-lik (IS, K=%d) | label fidelity | cvae3 accuracy (z*) "
+             "| variant | bound of | test ELBO | test log-lik (IS, K=%d) | label fidelity | accuracy (cvae3 at z*; m2 q(y\\|x)) "
              "| cvae3 accuracy (MC, S=100) | active units | s / epoch |" % k,
              "|---|---|---|---|---|---|---|---|---|"]
     for model, r, seconds in rows:
@@ -101,13 +101,13 @@ def main():
             rows.append((model, result, sum(m["seconds"] for m in metrics) / len(metrics)))
             print(f"{dataset} {model}: {json.dumps({k: v for k, v in result.items() if 'per_class' not in k})}",
                   flush=True)
-            if model in ("cvae1", "cvae2", "cvae4"):
+            if model in ("cvae1", "cvae2", "cvae4", "m2"):
                 generators[model], _, data = load_run(run_dir, "cpu")
         figure = out / f"cvae_comparison_{dataset}{f'_e{args.epochs}' if args.epochs else ''}.png"
         conditional_panels(generators, data, figure)
         sections.append(table(dataset, budget, rows) + f"\n\n![class-conditional samples]({figure.name})\n\n"
                         f"`{figure.name}`: mean images of p(x|z,y) for z ~ p(z|y), 8 draws per class "
-                        f"(rows), per variant. vae is not conditional and cvae3 generates labels, not images.")
+                        f"(rows), per variant (m2: z ~ p(z)). vae is not conditional and cvae3 generates labels, not images.")
     command = "OMP_NUM_THREADS=1 python experiments/cvae_comparison.py " + " ".join(sys.argv[1:])
     machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores shared with other jobs, torch on "
                f"{torch.get_num_threads()} thread, load average {os.getloadavg()[1]:.1f} over the last 5 min: other "

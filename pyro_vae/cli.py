@@ -62,6 +62,11 @@ def part_choice(kind, table):
     return convert
 
 
+def labels_setting(text):
+    """--labels: a positive whole number, or all."""
+    return text if text == "all" else positive_int(text)
+
+
 def model_defaults(part, otherwise):
     """'default: X for m1/m2, Y otherwise' for a part, read off the model classes."""
     by_default = {}
@@ -104,7 +109,7 @@ def parser():
     t = sub.add_parser("train", help="train a model into a run directory", formatter_class=fmt)
     c = Config()
     t.add_argument("--model", default=c.model, choices=list(MODELS),
-                   help="vae; cvae1..cvae4 (conditional VAEs); ae, dae (autoencoder baselines)")
+                   help="vae; cvae1..cvae4 (conditional VAEs); m2 (semi-supervised); ae, dae (autoencoder baselines)")
     t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
     t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
                    "~/.cache/pyro-vae, /usr/share/datasets")
@@ -119,8 +124,9 @@ def parser():
                    help=f"guide q(z|.) ({model_defaults('guide', '')})")
     t.add_argument("--likelihood", type=part_choice("likelihood", LIKELIHOODS), metavar="{bernoulli,cbernoulli,normal,categorical}|MODULE:NAME", default=None,
                    help=f"p(x|.) ({model_defaults('likelihood', '; cbernoulli and normal train on grey pixels')})")
-    t.add_argument("--elbo", default=c.elbo, choices=list(ELBOS),
-                   help="objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL) or the IWAE bound")
+    t.add_argument("--elbo", default=None, choices=list(ELBOS),
+                   help=f"objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL), the IWAE bound, TraceEnum_ELBO "
+                        f"({model_defaults('elbo', '')})")
     t.add_argument("--particles", type=positive_int, default=c.particles,
                    help="ELBO particles per example (K of the IWAE bound)")
     t.add_argument("--beta", type=non_negative_float, default=c.beta,
@@ -130,6 +136,11 @@ def parser():
     t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
+    t.add_argument("--labels", type=labels_setting, default=None, metavar="N|all",
+                   help="m2: keep the labels of N training examples (balanced over classes, drawn with --seed) and "
+                        "hide the rest (default: all)")
+    t.add_argument("--alpha", type=checked(float, errors.non_negative_number), default=c.alpha,
+                   help="m2: weight of log q(y|x) per labelled example (Kingma et al.'s alpha; Pyro's example: 46)")
     t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")
     t.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
@@ -232,9 +243,12 @@ def main(argv=None):
                        else "no log-likelihood (a delta guide has no density)")
             print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example, "
                   f"{result['active_units']} active units; written to {args.run_dir}/eval.json")
-            if "test_accuracy" in result:
+            if "test_accuracy_mc" in result:
                 print(f"test accuracy {result['test_accuracy']:.4f} at z* = mean of p(z|x), "
                       f"{result['test_accuracy_mc']:.4f} averaged over {result['mc_particles']} draws z ~ p(z|x)")
+            elif "test_accuracy" in result:
+                print(f"test accuracy {result['test_accuracy']:.4f} (argmax q(y|x), trained with {result['labels']} "
+                      f"labels)")
             if "label_fidelity" in result:
                 print(f"label fidelity {result['label_fidelity']:.3f} (reference classifier test accuracy "
                       f"{result['classifier_test_accuracy']:.4f})")

@@ -21,6 +21,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
+from torch.nn.functional import one_hot
 from tqdm import tqdm
 
 from .errors import positive_int
@@ -148,6 +149,30 @@ def predict(model, x, particles=0, max_batch=MAX_BATCH):
                 y_mean = poutine.trace(model.model).get_trace(xs, None).nodes[model.observed]["fn"].mean
             out.append(y_mean.mean(0))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def importance_sampled_over_labels(model, x, n_classes, samples=5000, max_batch=MAX_BATCH, progress=False):
+    """(log p(x), ELBO) per example, in nats, for a model whose label y is a latent it can sum out
+    (m2: `model(x, y)` with y observed, `model.classify(x)` = q(y|x)).
+
+    For each class k, log p(x, y=k) is importance-sampled with `samples` draws z ~ q(z|x,y=k);
+    log p(x) = logsumexp_k of those: y summed out exactly, z sampled. The ELBO takes its
+    expectation over y exactly too: sum_k q(k|x) [ELBO(x, k) - log q(k|x)]."""
+    log_q = model.classify(x).logits.T  # (classes, B), normalised
+    per_class = [importance_sampled(model.model, model.guide, x,
+                                    one_hot(torch.full((len(x),), k, device=x.device), n_classes).to(x.dtype),
+                                    samples=samples, max_batch=max_batch, progress=progress)
+                 for k in range(n_classes)]
+    log_joint = torch.stack([ll for ll, _ in per_class])
+    elbo_joint = torch.stack([elbo for _, elbo in per_class])
+    return torch.logsumexp(log_joint, 0), (log_q.exp() * (elbo_joint - log_q)).sum(0)
+
+
+def classifier_accuracy(model, x, labels):
+    """Share of examples whose most probable class under the model's q(y|x) is the true label."""
+    with torch.no_grad():
+        return (model.classify(x).logits.argmax(-1) == labels).float().mean().item()
 
 
 def accuracy(model, x, labels, particles=0):

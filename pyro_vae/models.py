@@ -21,12 +21,14 @@ import os
 from typing import ClassVar, Protocol, runtime_checkable
 
 import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 from torch.nn.functional import one_hot
 
 from .errors import BadValue, UserError, positive_int
-from .nets import cat
+from .nets import MLP, cat
 from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, constructor, make_part
 
 
@@ -63,7 +65,8 @@ class LatentVariableModel(nn.Module):
     guide_input: ClassVar[tuple] = ("x",)
     prior_input: ClassVar[str | None] = None
     decoder_input: ClassVar[tuple] = ("z",)
-    defaults: ClassVar[dict] = {"prior": "normal", "guide": "diagonal", "likelihood": "bernoulli"}
+    defaults: ClassVar[dict] = {"prior": "normal", "guide": "diagonal", "likelihood": "bernoulli", "elbo": "trace"}
+    elbos: ClassVar[tuple | None] = None  # the objectives it accepts (None: any)
     likelihoods: ClassVar[tuple | None] = PIXEL_LIKELIHOODS
     guides: ClassVar[tuple | None] = None
     conditional: ClassVar[bool] = False  # whether model and guide take y: set from guide_input
@@ -80,7 +83,7 @@ class LatentVariableModel(nn.Module):
         self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim, hidden=hidden)
         make_prior = constructor("prior", PRIORS, parts["prior"])
         self._check_prior(parts["prior"], make_prior)
-        self.prior = make_part("prior", PRIORS, make_prior, z_dim=z_dim,
+        self.prior = make_part("prior", PRIORS, parts["prior"], z_dim=z_dim,
                                c_dim=dims[self.prior_input] if self.prior_input else 0, hidden=hidden)
         if hasattr(self.prior, "attach"):  # a VampPrior is made of the guide's encoder
             self.prior.attach(self.encoder, guide_in)
@@ -241,7 +244,77 @@ class DAE(AE):
         super().guide(x, y)
 
 
-MODELS = {"vae": VAE, "cvae1": CVAE1, "cvae2": CVAE2, "cvae3": CVAE3, "cvae4": CVAE4, "ae": AE, "dae": DAE}
+class M2(LatentVariableModel):
+    """p(y) p(z) p(x|y,z), guide q(y|x) q(z|x,y): semi-supervised (Kingma et al. 2014).
+
+    labelled:    log p(x,y) >= E_q[log p(x|y,z)] + log p(y) - KL(q(z|x,y) || p(z))
+    unlabelled:  log p(x)   >= E_q(y|x)[that bound - log q(y|x)], y summed out exactly by TraceEnum_ELBO
+    plus alpha * log q(y|x) on labelled examples while training (the classifier's auxiliary term,
+    an observed site scaled by alpha), so q(y|x) learns from the labels directly.
+
+    A batch may mix both: `labelled` marks the examples whose y is observed. The two groups sit in
+    two plates of one model call, "data" (the labelled ones, or all when the batch is of one kind)
+    and "data_unlabelled", rather than one plate with a mask: with a masked, enumerated guide site
+    TraceEnum_ELBO would weight every labelled example once per class. Splitting a batch by its
+    mask reads the mask's count from the device once per step."""
+
+    guide_input = ("x", "y")
+    decoder_input = ("z", "y")
+    defaults = {**LatentVariableModel.defaults, "elbo": "enum"}
+    elbos = ("enum",)
+    alpha = 46.0  # the auxiliary weight per labelled example (Pyro's SS-VAE example; runs set it from config)
+
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
+        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide)
+        positive_int("y_dim (the number of classes)", y_dim)
+        self.classifier = MLP(x_dim, hidden, y_dim)
+        self.register_buffer("label_logits", torch.zeros(y_dim))  # p(y) uniform
+
+    def model(self, x, y=None, labelled=None):
+        self.register("prior", "decoder", "classifier")
+        for group, xs, ys in self.groups(x, y, labelled):
+            with pyro.plate("data" + group, xs.shape[0]):
+                y_ = pyro.sample("y" + group, dist.OneHotCategorical(logits=self.label_logits), obs=ys)
+                z = pyro.sample("z" + group, self.prior(None))
+                pyro.sample("x" + group, self.decoder(cat(z, y_)), obs=xs)
+                if ys is not None and self.training and self.alpha:
+                    with poutine.scale(scale=self.alpha):
+                        pyro.sample("y_aux" + group, self.classify(xs), obs=ys)
+
+    def guide(self, x, y=None, labelled=None):
+        self.register("encoder", "classifier")
+        for group, xs, ys in self.groups(x, y, labelled):
+            with pyro.plate("data" + group, xs.shape[0]):
+                if ys is None:
+                    ys = pyro.sample("y" + group, self.classify(xs), infer={"enumerate": "parallel"})
+                pyro.sample("z" + group, self.encoder(cat(xs, ys)))
+
+    def classify(self, x):
+        """q(y|x)."""
+        return dist.OneHotCategorical(logits=self.classifier(x))
+
+    @staticmethod
+    def groups(x, y, labelled):
+        """(site suffix, x, y or None) of the batch's labelled examples and of the rest; a batch of
+        one kind is one group with plain site names, so the estimators see "z" and "x"."""
+        if y is None or labelled is None:
+            return [("", x, y)]
+        n = int(labelled.sum())  # the one host read of an m2 step
+        if n == len(x):
+            return [("", x, y)]
+        if n == 0:
+            return [("", x, None)]
+        return [("", x[labelled], y[labelled]), ("_unlabelled", x[~labelled], None)]
+
+    @staticmethod
+    def inputs(x, labels, n_classes):
+        """(x, one-hot y, labelled): a label of -1 marks an example whose y is hidden."""
+        known = labels >= 0
+        return x, one_hot(labels.clamp(min=0), n_classes).to(x.dtype), known
+
+
+MODELS = {"vae": VAE, "cvae1": CVAE1, "cvae2": CVAE2, "cvae3": CVAE3, "cvae4": CVAE4, "ae": AE, "dae": DAE,
+          "m2": M2}
 
 
 def model_class(name):
@@ -272,13 +345,15 @@ def check_memory(io_dim, hidden):
     except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocator decide
         return
     if need > have:
-        raise BadValue(f"hidden {hidden}: the networks would need about {need / 2**30:.0f} GiB, and this machine "
-                       f"has {have / 2**30:.0f} GiB")
+        raise BadValue(f"sizes (inputs and outputs {io_dim}, hidden {hidden}): the networks would need about "
+                       f"{need >> 30} GiB, and this machine has {have >> 30} GiB")
 
 
 def model_inputs(model, x, labels, n_classes):
     """The arguments a model's model and guide take: (x,), or (x, y) with y the one-hot label when
     it conditions. (No None placeholder: the JIT-compiled ELBOs trace tensors only.)"""
+    if hasattr(model, "inputs"):  # a model with its own (m2: which labels are known)
+        return model.inputs(x, labels, n_classes)
     if not model.conditional:
         return (x,)
     return x, one_hot(labels, n_classes).to(x.dtype)

@@ -93,7 +93,7 @@ class Trainer:
         # pyro.optim read the store), so start from an empty one.
         pyro.clear_param_store()
         self.model = model
-        self.elbo = elbo or make_elbo()
+        self.elbo = elbo or make_elbo(getattr(model, "defaults", {}).get("elbo", "trace"))  # m2: enum
         self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.beta, self.warmup_epochs, self.clip_grad = beta, warmup_epochs, clip_grad
         self.inputs = inputs

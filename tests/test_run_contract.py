@@ -120,7 +120,9 @@ def test_the_cli_help_reads_the_defaults_from_the_model_classes(monkeypatch):
 
     assert "conditional for cvae1/cvae3/cvae4" in prior_help()
     monkeypatch.setattr(MODELS["cvae2"], "defaults", {**MODELS["cvae2"].defaults, "prior": "conditional"})
-    assert "normal for vae/ae/dae; conditional otherwise" in prior_help()  # cvae2 moved over
+    moved = prior_help()  # cvae2 moved to the conditional group, however the help words the majority
+    assert "conditional for cvae1/cvae2/cvae3/cvae4" in moved or (
+        "conditional otherwise" in moved and "cvae2" not in moved.split("normal for")[1].split(";")[0]), moved
     assert Config(model="cvae2").resolved().prior == "conditional"
 
 

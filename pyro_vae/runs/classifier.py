@@ -99,3 +99,24 @@ def _train_and_save(dataset, data_dir, device, path, progress):
              "net": net.state_dict(), "test_accuracy": accuracy}
     atomic_write(path, lambda f: torch.save(state, f))
     return {"net": net, "test_accuracy": accuracy, "path": str(path)}
+
+
+def labels_alone(data, hidden, seed=0, steps=4000, batch_size=128, lr=1e-3):
+    """The baseline of a semi-supervised run: the same network as m2's q(y|x) (an MLP of `hidden`
+    softplus units), trained with cross-entropy on the training examples whose label is kept
+    (label >= 0) and nothing else. Returns its test accuracy. Inputs are binarized as m2's are."""
+    torch.manual_seed(seed)
+    x, y = data.splits["train"]
+    known = (y >= 0).nonzero().squeeze(1)
+    x, y = x[known], y[known]
+    net = MLP(data.x_dim, hidden, data.n_classes).to(x.device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(-(-steps // -(-len(x) // batch_size))):
+        for idx in batches(len(x), batch_size, device=x.device):
+            batch = torch.bernoulli(x[idx]) if data.binarized else x[idx]
+            loss = F.cross_entropy(net(batch), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    net.eval()
+    return classify_accuracy(net, *data.splits["test"])

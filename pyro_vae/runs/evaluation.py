@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..errors import positive_int
 from ..files import check_writable, write_json
-from ..estimators import (MAX_BATCH, accuracy, active_units, elbo_per_example, importance_sampled, label_fidelity,
-                          latent_means)
+from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy, elbo_per_example, importance_sampled,
+                          importance_sampled_over_labels, label_fidelity, latent_means)
 from ..models import model_inputs
 from .classifier import reference_classifier
 from .store import load_run
@@ -16,7 +16,8 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
                  mc_particles=100, fidelity_samples=100, classifier=None):
     """Score a saved run on its test split (or its first `examples` images) and write
     RUN_DIR/eval.json; returns the dict. Every number is in nats per example (natural log,
-    higher is better): log p(x) for vae, log p(x|y) for cvae1/2/4, log p(y|x) for cvae3.
+    higher is better): log p(x) for vae and m2 (y summed out), log p(x|y) for cvae1/2/4, log p(y|x)
+    for cvae3. m2 runs also get `test_accuracy` of q(y|x).
 
     cvae3 runs on labels also get `test_accuracy` (at z* = mean of p(z|x)) and `test_accuracy_mc`
     (p(y|x,z) averaged over `mc_particles` draws z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity`
@@ -32,7 +33,14 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     start = time.perf_counter()
     result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,
               "split": "test", "examples": len(x), "iw_samples": iw_samples}
-    if getattr(model.encoder, "has_density", True):
+    if hasattr(model, "classify") and getattr(model.encoder, "has_density", True):  # m2: y summed out exactly
+        log_lik, elbo = importance_sampled_over_labels(model, x, data.n_classes, samples=iw_samples,
+                                                       max_batch=max_batch, progress=progress)
+        result.update(test_elbo=elbo.mean().item(), test_log_likelihood=log_lik.mean().item(),
+                      test_accuracy=classifier_accuracy(model, x, labels), labels=config.labels,
+                      note="log p(x) with y summed over the classes, K draws of z per class; "
+                           "test_accuracy: argmax q(y|x)")
+    elif getattr(model.encoder, "has_density", True):
         log_lik, elbo = importance_sampled(model.model, model.guide, *args, samples=iw_samples,
                                            max_batch=max_batch, progress=progress)
         result.update(test_elbo=elbo.mean().item(), test_log_likelihood=log_lik.mean().item())

@@ -29,7 +29,8 @@ def sample_grid(model, data, path, n=64, label=None):
         means, _ = decode(model, *model_inputs(model, torch.zeros(len(y), data.x_dim, device=device), y,
                                                data.n_classes))
         return plots.image_grid(means, data.shape, path, per_row if label is None else min(n, 10),
-                                title=f"{name}: draws from p(z|y), decoded",
+                                title=f"{name}: z from its prior (given y), decoded (mean image), "
+                                      + ("one row per class" if label is None else f"class {data.classes[label]}"),
                                 row_labels=[data.classes[k] for k in labels] if label is None else None)
     means, _ = decode(model, torch.zeros(n, data.x_dim, device=device))
     return plots.image_grid(means, data.shape, path, int(np.ceil(np.sqrt(n))),

@@ -159,7 +159,7 @@ def _train(config, out, device, progress, resuming, stop, overwrite=False, overr
 def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock, announce):
     pyro.set_rng_seed(config.seed)
     data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
-                        val_size=config.val_size, train_size=config.train_size, seed=config.seed)
+                        val_size=config.val_size, train_size=config.train_size, seed=config.seed, labels=config.labels)
     model = model_for(config, data).to(device)
     x_val, y_val = data.splits["val"]
     check_objective(model, config.elbo, *model_inputs(model, x_val[:2], y_val[:2], data.n_classes))
@@ -190,14 +190,25 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             lock(target)
             target = make_run_dir(target, config, overwrite)  # checked again under the lock, then written
             announce()
+        if data.labelled is not None:  # m2 with --labels N: which training examples kept their label
+            y_kept = data.splits["train"][1][torch.as_tensor(data.labelled)].cpu()
+            write_json(target / "labelled.json", {
+                "labels": len(data.labelled), "seed": config.seed,
+                "per_class": torch.bincount(y_kept, minlength=data.n_classes).tolist(),
+                "indices": data.labelled.tolist(),
+                "about": "indices into the training split (after the seeded validation split and --train-size)"})
         write_metrics(target, trainer.history)  # drops epochs logged after the checkpoint was written
         if not state:
             save_checkpoint(target, model, trainer.optimizer, 0, config)
         return target
 
     run_dir = Path(on_rank0(open_run_dir))
-    if progress and done:
-        print(f"resuming {run_dir} after epoch {done} of {config.epochs}")
+    if progress:
+        what = f"resuming {run_dir} after epoch {done} of {config.epochs}" if done else \
+            f"training {config.model} for {config.epochs} epochs into {run_dir}"
+        print(f"pyro-vae: {what}: {config.dataset} ({len(data.splits['train'][0])} training, "
+              f"{len(data.splits['val'][0])} validation examples), {device}, {torch.get_num_threads()} threads",
+              flush=True)
 
     callbacks = [Progress()] * bool(progress) + [Checkpoints(run_dir, config, stop)]
     try:
@@ -217,7 +228,9 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     if distributed.rank() == 0:
         run_figures(model, data, trainer.history, run_dir)
         if progress and trainer.history:
-            print(json.dumps(trainer.history[-1]))
+            last = trainer.history[-1]
+            print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats per "
+                  f"example; metrics, checkpoint and figures in {run_dir}", flush=True)
     return run_dir
 
 
