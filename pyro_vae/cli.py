@@ -199,6 +199,10 @@ def parser():
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
+    for command in (t, e, q, s):
+        command.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                             help="CPU threads for torch (default: torch's choice, all cores; on a shared machine "
+                                  "or for small networks 1 is often faster)")
     p.train_parser = t  # main() resets its defaults to tell which settings a --resume was given
     d = sub.add_parser("download", help="download an IDX data set, verifying checksums", formatter_class=fmt)
     d.add_argument("dataset", choices=[n for n in DATASETS if n != "digits"])
@@ -216,6 +220,8 @@ def main(argv=None):
         args = p.parse_args(argv)
     except SystemExit as e:  # a bad argument (already reported in one line) or --help
         return e.code
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
             settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
