@@ -1,4 +1,4 @@
-"""The `pyro-vae` command: train, evaluate, sample, quadrants, download (the top layer).
+"""The `pyro-vae` command: train, evaluate, sample, figures, quadrants, download (the top layer).
 
 Each subcommand calls one function of the Python API (runs/, data.py); the option lists and the
 models' defaults in the help are read from the tables and classes they describe."""
@@ -18,7 +18,7 @@ from .models import MODELS
 from .objectives import ELBOS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
 from .runs.training import GRACE
-from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, sample_run, train
+from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, redraw_run, sample_run, train
 from .runs.quadrants import MODELS as QUADRANT_MODELS
 from .runs.quadrants import run_quadrants
 
@@ -195,11 +195,17 @@ def parser():
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--n", type=positive_int, default=64, help="number of draws")
     s.add_argument("--label", type=int, default=None, help="only this class (conditional models; default: one row per class)")
-    s.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
+    s.add_argument("--out", default=None, help="PNG, PDF or SVG path (default: a new file in RUN_DIR named for what it "
+                                               "holds, e.g. samples-n64-seed0.png)")
+    s.add_argument("--replace", action="store_true", help="draw over an existing file")
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
-    for command in (t, e, q, s):
+    f = sub.add_parser("figures", help="draw a run's figures again from its checkpoint (after Ctrl-C, or to replace them)",
+                       formatter_class=fmt)
+    f.add_argument("run_dir", metavar="RUN_DIR")
+    f.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    for command in (t, e, q, s, f):
         command.add_argument("--threads", type=positive_int, default=None, metavar="N",
                              help="CPU threads for torch (default: torch's choice, all cores; on a shared machine "
                                   "or for small networks 1 is often faster)")
@@ -269,8 +275,11 @@ def main(argv=None):
                       f"10-particle -ELBO {r['neg_elbo_10']:.2f} nats per image")
             print(f"results, weights and figures in {args.out}")
         elif args.command == "sample":
-            path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device)
+            path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace)
             print(f"samples: {path}")
+        elif args.command == "figures":
+            paths = redraw_run(args.run_dir, args.device)
+            print(f"figures: {', '.join(str(p) for p in paths)}")
         elif args.command == "download":
             print(f"{args.dataset}: {download(args.dataset, args.dest)}")
     except UserError as e:

@@ -131,7 +131,7 @@ def test_figures_replace_a_symlink_instead_of_writing_through_it(run, tmp_path, 
     (run / figure).unlink()
     (run / figure).symlink_to(victim)
     if figure == "samples.png":
-        assert main(["sample", str(run), "--device", "cpu"]) == 0
+        assert main(["figures", str(run), "--device", "cpu"]) == 0
     else:
         pyro_vae.train(resume=run, epochs=3, progress=False)  # training draws every figure again
     assert victim.read_text() == "my notes"
@@ -215,7 +215,31 @@ def test_quadrants_out_under_a_file(tmp_path, cli_error):
 def test_a_figure_path_that_is_a_directory(run, cli_error):
     (run / "samples.png").unlink()
     (run / "samples.png").mkdir()
-    cli_error(["sample", str(run)], "samples.png", "is a directory")
+    cli_error(["figures", str(run)], "samples.png", "is a directory")
+    cli_error(["sample", str(run), "--out", str(run / "samples.png")], "samples.png", "is a directory")
+
+
+def test_sample_writes_a_new_file_and_replaces_only_when_asked(run, cli_error):
+    before = hashes(run)
+    assert main(["sample", str(run), "--n", "9", "--device", "cpu"]) == 0
+    made = run / "samples-n9-seed0.png"
+    assert made.read_bytes()[:4] == b"\x89PNG"
+    after = hashes(run)
+    assert after.pop(made.name) and after == before  # training's samples.png and the rest untouched
+    cli_error(["sample", str(run), "--n", "9", "--device", "cpu"], "exists", "--replace")
+    assert main(["sample", str(run), "--n", "9", "--seed", "1", "--device", "cpu"]) == 0  # another name
+    assert main(["sample", str(run), "--n", "9", "--device", "cpu", "--replace"]) == 0
+
+
+def test_figures_redraws_what_an_interrupted_run_lacks(run, cli_error, tmp_path):
+    figures = ["samples.png", "reconstructions.png", "elbo.png", "latent.png"]
+    for name in figures:
+        (run / name).unlink()
+    assert main(["figures", str(run), "--device", "cpu"]) == 0
+    assert all((run / name).read_bytes()[:4] == b"\x89PNG" for name in figures)
+    empty = pyro_vae.train(out=tmp_path / "e", progress=False, epochs=1, **SMALL)
+    (empty / "metrics.jsonl").write_text("")
+    cli_error(["figures", str(empty), "--device", "cpu"], "no finished epoch")
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -15,12 +15,12 @@ training, evaluation and quadrants.
 from .classifier import labels_alone
 from .config import ARCHITECTURE, DATASET_DEFAULTS, RESUMABLE, Config, resolve_device
 from .evaluation import evaluate_run
-from .figures import conditional_panels, latent_space_comparison, run_figures, sample_run
+from .figures import conditional_panels, latent_space_comparison, redraw_run, run_figures, sample_run
 from .store import (check_checkpoint_config, load_checkpoint, load_run, load_weights, make_run_dir,
                     model_for, read_config, read_metrics, save_checkpoint, write_metrics)
 from .training import train
 
 __all__ = ["ARCHITECTURE", "DATASET_DEFAULTS", "RESUMABLE", "Config", "resolve_device", "evaluate_run",
-           "conditional_panels", "latent_space_comparison", "run_figures", "sample_run",
+           "conditional_panels", "latent_space_comparison", "run_figures", "sample_run", "redraw_run",
            "check_checkpoint_config", "load_checkpoint", "load_run", "load_weights", "make_run_dir", "model_for",
            "read_config", "read_metrics", "save_checkpoint", "write_metrics", "train", "labels_alone"]

@@ -12,7 +12,7 @@ from .. import plots
 from ..errors import UserError, positive_int
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
-from .store import load_run
+from .store import load_run, read_metrics
 
 MAX_DRAWS = 4096  # a 64 x 64 grid: beyond it a figure is unreadable and its canvas needs gigabytes
 
@@ -66,23 +66,38 @@ def run_figures(model, data, history, run_dir):
     latent_figure(model, data, run_dir / "latent.png")
 
 
-def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto"):
-    """Draw a PNG grid of samples from a saved run; returns its path. At most MAX_DRAWS draws."""
+def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", replace=False):
+    """Draw a PNG grid of samples from a saved run into a new file; returns its path. The default
+    name says what it holds (RUN_DIR/samples-n64-seed0.png, samples-label3-n64-seed0.png); an
+    existing file is replaced only with `replace`. At most MAX_DRAWS draws."""
     positive_int("n", n)
     if n > MAX_DRAWS:
         raise UserError(f"n {n} is more draws than one figure shows; at most {MAX_DRAWS}")
-    if out is not None:
-        check_figure_path(out)
+    name = f"samples-{'' if label is None else f'label{label}-'}n{n}-seed{seed}.png"
+    out = Path(out) if out is not None else Path(run_dir) / name
+    check_figure_path(out)
+    if out.exists() and not replace:
+        raise UserError(f"{out} exists; pass --replace to draw over it, or --out another file")
     model, config, data = load_run(run_dir, device)
     if model.observed != "x":
         raise UserError(f"{config.model} predicts y from x; it has no images to sample")
     if label is not None and not 0 <= label < data.n_classes:
         raise UserError(f"label {label} out of range 0..{data.n_classes - 1}")
     if label is not None and not model.conditional:
-        raise UserError(f"{config.model} is not conditional; --label needs cvae1, cvae2 or cvae4")
+        raise UserError(f"{config.model} is not conditional; --label needs cvae1, cvae2, cvae4 or m2")
     pyro.set_rng_seed(seed)
-    out = Path(out) if out else Path(run_dir) / ("samples.png" if label is None else f"samples_label{label}.png")
     return sample_grid(model, data, out, n=n, label=label)
+
+
+def redraw_run(run_dir, device="auto"):
+    """Draw a run's figures again from its checkpoint and metrics (`pyro-vae figures`): after an
+    interrupted run, or to replace damaged ones. Returns the paths."""
+    model, _, data = load_run(run_dir, device)
+    history = read_metrics(run_dir)
+    if not history:
+        raise UserError(f"{run_dir} has no finished epoch yet: nothing to draw")
+    run_figures(model, data, history, run_dir)
+    return sorted(Path(run_dir).glob("*.png"))
 
 
 def check_figure_path(path):
@@ -90,7 +105,7 @@ def check_figure_path(path):
     folder, or a name without a figure format's suffix."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"--out {path} is a directory; give a file name such as {path / 'samples.png'}")
+        raise UserError(f"{path} is a directory; give a file name such as {path / 'samples.png'}")
     if path.suffix[1:].lower() not in plots.FORMATS:
         raise UserError(f"--out {path}: a figure's name ends in {', '.join('.' + f for f in plots.FORMATS)}")
     if not path.parent.is_dir():

@@ -42,7 +42,7 @@ def is_run_file(path):
     """Whether `path` in a run directory is one of the files this package writes there."""
     name = Path(path).name
     return (name in RUN_FILES or name == LOCK_FILE or is_temporary(path)
-            or re.fullmatch(r"samples_label\d+\.png", name) is not None)
+            or re.fullmatch(r"samples(_label\d+|-(label\d+-)?n\d+-seed\d+)\.png", name) is not None)
 
 
 def write_metrics(run_dir, history):
