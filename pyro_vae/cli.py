@@ -270,10 +270,7 @@ def main(argv=None):
             rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,
                                  args.batch_size, args.lr, args.z_dim, args.hidden, args.alpha, args.iw_samples,
                                  args.examples, args.train_size, args.seed, progress=True)
-            for r in rows:
-                print(f"{r['model']:8s} {r['given']} given: -log p(y|x) {r['nll_is']:.2f} (K={r['iw_samples']}), "
-                      f"10-particle -ELBO {r['neg_elbo_10']:.2f} nats per image")
-            print(f"results, weights and figures in {args.out}")
+            print(f"results ({len(rows)} rows), weights and figures in {args.out}")
         elif args.command == "sample":
             path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace)
             print(f"samples: {path}")

@@ -4,6 +4,7 @@ out from models in the runs layer (runs/figures.py); here it is only drawn."""
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,10 +50,20 @@ def elbo_curves(history, path):
     """Training and validation ELBO per epoch from a run's metrics."""
     epochs = [m["epoch"] for m in history]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [m["train_elbo"] for m in history], label="train")
-    ax.plot(epochs, [m["val_elbo"] for m in history], label="validation")
+    train, val = [m["train_elbo"] for m in history], [m["val_elbo"] for m in history]
+    ax.plot(epochs, train, label="train (training objective)")
+    ax.plot(epochs, val, label="validation ELBO")
+    if len(history) > 2:  # the first epoch's low ELBO would squash the rest: start the axis after it
+        later = train[1:] + val[1:]
+        low, high = min(later), max(later)
+        ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
+        if min(train[0], val[0]) < low:
+            ax.annotate(f"epoch 1: {min(train[0], val[0]):.1f} (off the axis)", xy=(0.02, 0.03),
+                        xycoords="axes fraction", fontsize=8, color="0.35")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per example)")
+    ax.set_title("training and validation ELBO per epoch", fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     return save(fig, path)
@@ -63,6 +74,7 @@ def _codes(ax, fig, z, labels, classes, xlabel, ylabel, title, s=4, fontsize=9, 
     sc = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=s, vmin=-0.5, vmax=9.5)
     cbar = fig.colorbar(sc, ax=ax, ticks=range(len(classes)))
     cbar.ax.set_yticklabels(classes, fontsize=class_fontsize)
+    cbar.set_label("true class", fontsize=class_fontsize)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=fontsize)

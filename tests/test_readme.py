@@ -1,9 +1,14 @@
-"""README.md's Python examples run as written, in order, in one namespace, through the same code
-with small budgets: every `epochs=N` becomes 2 and every sample count a few tens. A block whose
-first line is `# NAME.py` is a file of the user's: it is written to NAME.py and importable."""
+"""README.md's examples run as written, through the same code with small budgets.
+
+Python blocks run in order, in one namespace: every `epochs=N` becomes 2 and every sample count a
+few tens; a block whose first line is `# NAME.py` is a file of the user's, written to NAME.py and
+importable. Shell blocks: every `pyro-vae` and `torchrun` line runs in order in one folder, with
+epochs / 20, 200 training images and K = 5 on 50 test images."""
 
 import os
 import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,3 +49,48 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
             pytest.fail(f"README.md python block {number} failed: {type(e).__name__}: {e}\n{block}")
     assert sys.modules["my_parts"].__file__ == str(tmp_path / "my_parts.py")
     assert os.path.isdir(tmp_path / "runs")
+
+
+def shell_commands():
+    """Every `pyro-vae ...` and `torchrun ...` line of README.md's bash blocks, comments removed,
+    except `pyro-vae download` (the internet; tests/test_data.py runs it against a local server)."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.splitlines():
+            command = line.split("  #")[0].strip()
+            if command.startswith(("pyro-vae ", "torchrun ")) or command == "pyro-vae":
+                if not command.startswith("pyro-vae download"):
+                    lines.append(command)
+    return lines
+
+
+def small_command(command):
+    """The same command on a small budget: epochs / 20 (at least 1; resume totals keep their order),
+    200 training images, K = 5 on 50 test images."""
+    args = shlex.split(command)
+    args = [str(max(1, int(a) // 20)) if i and args[i - 1] == "--epochs" else a for i, a in enumerate(args)]
+    args = ["5" if i and args[i - 1] == "--iw-samples" else a for i, a in enumerate(args)]
+    sub = args[args.index("-m") + 2] if args[0] == "torchrun" else (args[1] if len(args) > 1 else "train")
+    if sub in ("train", "quadrants") and "--resume" not in args:
+        args += ["--train-size", "200"] + ([] if "--epochs" in args else ["--epochs", "1"])
+    if sub in ("evaluate", "quadrants"):
+        args += ["--examples", "50"]
+    return args
+
+
+def test_readme_shell_commands_run(tmp_path, monkeypatch):
+    from pyro_vae.cli import main
+
+    commands = shell_commands()
+    assert len(commands) >= 12
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the reference classifier's cache
+    for command in commands:
+        args = small_command(command)
+        if args[0] == "torchrun":
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args[1:]], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+        else:
+            assert main(args[1:]) == 0, command

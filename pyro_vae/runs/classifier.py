@@ -30,6 +30,8 @@ def classifier_path(dataset):
 def train_classifier(dataset, data_dir=None, device="cpu", progress=True, **settings):
     """An MLP trained on the grey training split of `dataset`: (net, its test accuracy)."""
     s = {**SETTINGS, **settings}
+    if progress:
+        print(f"training the reference classifier for {dataset} ({s['steps']} steps; once, then cached)", flush=True)
     torch.manual_seed(s["seed"])
     data = load_dataset(dataset, data_dir, device, binarize=False, seed=s["seed"])
     x, y = data.splits["train"]

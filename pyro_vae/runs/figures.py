@@ -24,11 +24,11 @@ def sample_grid(model, data, path, n=64, label=None):
     name = type(model).__name__
     if model.conditional:
         labels = list(range(data.n_classes)) if label is None else [label]
-        per_row = max(1, n // len(labels)) if label is None else n
+        per_row = -(-n // len(labels))  # every class gets a full row: n rounded up to a multiple of the classes
         y = torch.tensor(labels, device=device).repeat_interleave(per_row)
         means, _ = decode(model, *model_inputs(model, torch.zeros(len(y), data.x_dim, device=device), y,
                                                data.n_classes))
-        return plots.image_grid(means, data.shape, path, per_row if label is None else min(n, 10),
+        return plots.image_grid(means, data.shape, path, per_row if label is None else int(np.ceil(np.sqrt(n))),
                                 title=f"{name}: z from its prior (given y), decoded (mean image), "
                                       + ("one row per class" if label is None else f"class {data.classes[label]}"),
                                 row_labels=[data.classes[k] for k in labels] if label is None else None)

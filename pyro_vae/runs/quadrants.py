@@ -202,7 +202,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
             row = {"model": name, "given": n, **score(model, data, iw_samples, examples),
                    "seconds_per_epoch": sum(seconds) / len(seconds)}
             if progress:
-                print(json.dumps(row), flush=True)
+                print(result_line(row), flush=True)
             rows.append(row)
             trained[name] = model
         completion_figure(trained, data, n, out / f"completions-{n}.png")
@@ -211,6 +211,12 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
                     train_size=train_size, seed=seed)
     write_json(out / "results.json", {"settings": settings, "rows": rows})
     return rows
+
+
+def result_line(row):
+    """One result as a line: the model, the quadrants given, both scores, with their units."""
+    return (f"{row['model']:8s} {row['given']} given: -log p(y|x) {row['nll_is']:.2f} (K={row['iw_samples']}), "
+            f"10-particle -ELBO {row['neg_elbo_10']:.2f} nats per image")
 
 
 def redraw(out, data_dir=None):
