@@ -1,11 +1,17 @@
 """Fixtures shared by the tests: one thread, the `digits` data sets, small models, the CLI's one-line errors."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from pyro_vae import Config, build_model, load_dataset
 from pyro_vae.cli import main
 from pyro_vae.runs import make_run_dir, save_checkpoint
+
+# tests/userpkg/my_parts.py: parts a user writes in a module of their own, importable as my_parts
+sys.path.insert(0, str(Path(__file__).parent / "userpkg"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,6 +14,8 @@ from pyro_vae import (Config, UserError, build_model, fit, importance_sampled, l
 from pyro_vae.models import MODELS
 from pyro_vae.nets import MLP
 from pyro_vae.parts import GUIDES, LIKELIHOODS, PRIORS
+
+from my_parts import LaplacePrior  # a user's prior, in a module of theirs (tests/userpkg)
 from pyro_vae.objectives import ScaleLatents, check_objective
 
 UNCONDITIONAL_PRIOR = {"vae", "cvae2", "ae", "dae", "m2"}
@@ -168,20 +170,6 @@ def test_iwae_bound_rises_with_k_on_a_trained_model(digits):
 
 
 # --- a prior and a guide written in user code, plugged in without editing the package -----------
-
-
-class LaplacePrior(nn.Module):
-    """A user's prior: p(z) = prod Laplace(0, b) with a learned scale b; Prior(z_dim, c_dim, hidden)."""
-
-    conditional = False
-
-    def __init__(self, z_dim, c_dim=0, hidden=0):
-        super().__init__()
-        self.raw_scale = nn.Parameter(torch.zeros(z_dim))
-
-    def forward(self, c=None):
-        scale = nn.functional.softplus(self.raw_scale) + 1e-3
-        return dist.Laplace(torch.zeros_like(scale), scale).to_event(1)
 
 
 def student_t_guide(in_dim, hidden, z_dim):

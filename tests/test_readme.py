@@ -35,7 +35,16 @@ def test_readme_has_python_examples():
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write runs/... relative to where they run
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "my_parts", raising=False)  # the README's own, not tests/userpkg's
+    original = sys.modules.pop("my_parts", None)  # the README's own my_parts, not tests/userpkg's
+    try:
+        run_python_blocks(tmp_path)
+    finally:
+        sys.modules.pop("my_parts", None)
+        if original is not None:
+            sys.modules["my_parts"] = original
+
+
+def run_python_blocks(tmp_path):
     namespace = {"__name__": "__readme__"}
     for number, block in enumerate(python_blocks(), 1):
         first = block.splitlines()[0].strip()
