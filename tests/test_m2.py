@@ -16,7 +16,6 @@ from torch.nn import functional as F
 
 import pyro_vae
 from pyro_vae.cli import main
-from pyro_vae.errors import UserError
 from pyro_vae.estimators import classifier_accuracy, importance_sampled_over_labels
 from pyro_vae.runs import labels_alone
 

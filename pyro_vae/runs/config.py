@@ -7,7 +7,6 @@ or function) is recorded by its import path "package.module:Name", so `evaluate`
 """
 
 import dataclasses
-import math
 import re
 import typing
 from dataclasses import dataclass

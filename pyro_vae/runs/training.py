@@ -7,7 +7,6 @@ Ctrl-C stops at once, keeping the previous checkpoint. A NaN or infinite loss ra
 """
 
 import contextlib
-import json
 import signal
 import sys
 import threading
