@@ -3,6 +3,7 @@
 The package is layered; each file imports only from the ones above it in this list:
 
     errors.py       the package's exceptions and single-value checks
+    files.py        atomic writes and one-line write errors
     data.py         data sets as tensors on the device, binarization, batches
     nets.py         MLPs
     parts.py        priors, guides, likelihoods (swappable, by name or import path)
