@@ -108,3 +108,16 @@ def test_console_script_help_lists_every_option_with_its_default():
                          text=True, check=True).stdout
     out = " ".join(out.split())
     assert "--iw-samples" in out and "(default: 5000)" in out
+
+
+def test_every_subcommand_shows_the_default_of_every_option_that_has_one():
+    from pyro_vae.cli import parser
+
+    commands = parser()._subparsers._group_actions[0].choices
+    assert set(commands) >= {"train", "evaluate", "sample", "figures", "quadrants", "download"}
+    for name, command in commands.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.default not in (None, False, "==SUPPRESS==") and action.option_strings != ["-h", "--help"]:
+                assert f"(default: {action.default})" in text, (name, action.option_strings, action.default)
+        assert "(default: None)" not in text, name
