@@ -16,6 +16,8 @@ the estimate is never below the bound on the same draws.
 import ctypes
 import functools
 import math
+import sys
+import time
 
 import pyro
 import torch
@@ -80,6 +82,7 @@ def importance_sampled(model, guide, *args, samples=5000, max_batch=MAX_BATCH, p
     # chunks' large temporaries, fragmented the CPU heap (peak RSS grew with the example count).
     log_lik = torch.empty(n, dtype=args[0].dtype, device=args[0].device)
     elbo = torch.empty_like(log_lik)
+    lines = TenthLines(f"log-likelihood (K={samples})", n) if progress and not sys.stderr.isatty() else None
     with tqdm(total=n, desc=f"log-likelihood (K={samples})", unit="ex", disable=None if progress else True) as bar:
         for start in range(0, n, per_chunk):
             chunk_args = [a[start:start + per_chunk] if torch.is_tensor(a) else a for a in args]
@@ -88,7 +91,27 @@ def importance_sampled(model, guide, *args, samples=5000, max_batch=MAX_BATCH, p
             log_lik[start:start + per_chunk] = torch.logsumexp(w, 0) - math.log(samples)
             elbo[start:start + per_chunk] = w.mean(0)
             bar.update(w.shape[1])
+            if lines:
+                lines.update(w.shape[1])
     return log_lik, elbo
+
+
+class TenthLines:
+    """Progress where a bar cannot be drawn (output to a file or a pipe): a line on stderr at each
+    tenth of the work, with the time taken and an estimate of the time left."""
+
+    def __init__(self, what, total):
+        self.what, self.total, self.done, self.shown, self.start = what, total, 0, 0, time.monotonic()
+
+    def update(self, n):
+        self.done += n
+        tenth = self.done * 10 // self.total
+        if tenth > self.shown:
+            self.shown = tenth
+            took = time.monotonic() - self.start
+            left = took * (self.total - self.done) / self.done
+            print(f"{self.what}: {tenth * 10}% of {self.total} examples, {took:.0f} s, about {left:.0f} s left",
+                  file=sys.stderr, flush=True)
 
 
 @torch.no_grad()

@@ -121,3 +121,15 @@ def test_every_subcommand_shows_the_default_of_every_option_that_has_one():
             if action.default not in (None, False, "==SUPPRESS==") and action.option_strings != ["-h", "--help"]:
                 assert f"(default: {action.default})" in text, (name, action.option_strings, action.default)
         assert "(default: None)" not in text, name
+
+
+def test_evaluate_shows_progress_lines_when_output_is_not_a_terminal(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--train-size", "64", "--quiet",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "20", "--max-batch", "200"]) == 0  # 10 examples a chunk
+    err = capsys.readouterr().err  # captured: not a terminal
+    tenths = [line for line in err.splitlines() if line.startswith("log-likelihood (K=20): ")]
+    assert [line.split(": ")[1].split("%")[0] for line in tenths] == [str(10 * k) for k in range(1, 11)]
+    assert "s left" in tenths[0]
