@@ -44,6 +44,11 @@ def atomic_write(path, write):
 
 def write_error(path, error):
     """The UserError for a failed write of `path`, in words a user can act on."""
+    return UserError(f"cannot write {path}: {write_reason(error)}")
+
+
+def write_reason(error):
+    """Why a write failed (an OSError, or torch's RuntimeError for a full disk), in a few words."""
     code = getattr(error, "errno", None)
     text = str(error)
     if code == errno.ENOSPC or "No space left" in text or "file write failed" in text:
@@ -58,7 +63,7 @@ def write_error(path, error):
         why = "a directory and a file are in each other's way"
     else:
         why = getattr(error, "strerror", None) or (text.strip().splitlines() or [type(error).__name__])[0]
-    return UserError(f"cannot write {path}: {why}")
+    return why
 
 
 def write_json(path, obj):

@@ -60,12 +60,11 @@ class Progress(Callback):
     def on_train_start(self, trainer, epochs, steps):
         self.bar = tqdm(total=(epochs - trainer.epoch) * steps, desc="training", unit="step", leave=False,
                         disable=None)  # None: off where the output is not a terminal
-        self.batch_size = trainer.batch_size
 
     def on_step_end(self, trainer, epoch, step, steps):
         self.bar.update()
         if step % max(1, steps // 4) == 0:  # a few host reads per epoch, not one per step
-            elbo = -trainer.epoch_loss.item() * distributed.world_size() / ((step + 1) * self.batch_size)
+            elbo = -trainer.epoch_loss.item() * distributed.world_size() / ((step + 1) * trainer.batch_size)
             self.bar.set_postfix_str(f"epoch {epoch} elbo {elbo:.2f}")
 
     def on_epoch_end(self, trainer, metrics):

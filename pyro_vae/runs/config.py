@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data import DATASETS
-from ..errors import BadType, BadValue, UserError, finite, positive_int, positive_number
+from ..errors import BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number
 from ..models import model_class
 from ..objectives import ELBOS
 from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, import_object, import_path
@@ -102,8 +102,7 @@ class Config:
                 positive_int("labels", c.labels)
         if c.model == "m2" and c.labels is None:
             c.labels = "all"
-        if not finite(c.alpha) or c.alpha < 0:
-            raise BadValue(f"alpha must be a finite number not below 0, got {c.alpha}")
+        non_negative_number("alpha", c.alpha)
         for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
             positive_int(name, getattr(c, name))
         for name in ("lr", "clip_grad"):
@@ -119,14 +118,6 @@ class Config:
             raise BadValue(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
         if not finite(c.beta):
             raise BadValue(f"beta must be a finite number, got {c.beta}")
-        for change in c.changes:
-            if (not isinstance(change, dict) or not isinstance(change.get("epoch"), int) or isinstance(
-                    change.get("epoch"), bool) or set(change) - {"epoch", "lr", "clip_grad"}):
-                raise UserError(f"changes: each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
-                                f"{str(change)[:80]}")
-            positive_number("changes: lr", change.get("lr", 1.0))
-            if change.get("clip_grad") is not None:
-                positive_number("changes: clip_grad", change["clip_grad"])
         if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
             raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
                             "objective; drop --jit or those")
@@ -135,11 +126,8 @@ class Config:
     def check_types(self):
         """Each setting of the type its field declares (a hand-edited config.json is read with this)."""
         if isinstance(self.changes, list):
-            for change in self.changes:  # flat before anything copies it: a deep nesting is refused here
-                if not isinstance(change, dict) or set(change) - {"epoch", "lr", "clip_grad"} or not all(
-                        v is None or isinstance(v, (int, float)) for v in change.values()):
-                    raise BadType(f"changes: each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
-                                  f"{repr(change)[:80]}")
+            for change in self.changes:  # before anything copies them: a deep nesting is refused here
+                check_change(change)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in PARTS and (callable(value) or isinstance(value, nn.Module)):
@@ -162,6 +150,20 @@ class Config:
     def from_dict(cls, d):
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_change(change, where="changes: "):
+    """One entry of Config.changes: {"epoch": N, "lr" and/or "clip_grad": value}, each value as the
+    setting itself must be (lr positive, clip_grad positive or null). `where` starts each message."""
+    if (not isinstance(change, dict) or set(change) - {"epoch", "lr", "clip_grad"} or not all(
+            v is None or isinstance(v, (int, float)) for v in change.values())
+            or not isinstance(change.get("epoch"), int) or isinstance(change.get("epoch"), bool)):
+        raise BadType(f"{where}each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
+                      f"{repr(change)[:80]}")
+    if "lr" in change:
+        positive_number(f"{where}lr", change["lr"])
+    if change.get("clip_grad") is not None:
+        positive_number(f"{where}clip_grad", change["clip_grad"])
 
 
 def has_type(value, annotation):

@@ -24,7 +24,7 @@ import torch
 
 from ..data import load_dataset
 from ..errors import UserError, finite
-from ..files import atomic_write, is_temporary, write_error, write_json
+from ..files import atomic_write, is_temporary, write_error, write_json, write_reason
 from ..models import build_model
 from .config import ARCHITECTURE, Config, resolve_device
 
@@ -93,12 +93,6 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
 
 def default_run_dir(config):
     return Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,7 +104,7 @@ def create_dir(out, what="run directory"):
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot write the {what} {out}: {write_error(out, e).args[0].split(': ', 1)[1]}") from None
+        raise UserError(f"cannot write the {what} {out}: {write_reason(e)}") from None
     if not out.is_dir():
         raise UserError(f"cannot write the {what} {out}: it is not a directory")
     return out

@@ -23,7 +23,7 @@ from ..files import write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
-from .config import RESUMABLE, Config, resolve_device
+from .config import RESUMABLE, Config, check_change, resolve_device
 from .figures import run_figures
 from .store import (RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
                     prepare_run_dir, read_config, restore, save_checkpoint, write_metrics)
@@ -92,9 +92,9 @@ def record_changes(config, overrides, epoch):
     as holding from `epoch` on; config.json keeps the run's original settings."""
     new = {k: v for k, v in overrides.items() if v != config.current(k)}
     if new:
-        for k, v in new.items():  # checked as the original settings are
-            Config(**{k: v}).resolved()
-        config.changes.append({"epoch": epoch, **new})
+        change = {"epoch": epoch, **new}
+        check_change(change, where="")  # the same check as a change read back from config.json
+        config.changes.append(change)
 
 
 class Checkpoints(Callback):
