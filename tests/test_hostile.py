@@ -22,7 +22,6 @@ derandomized ones the suite runs.
 import contextlib
 import copy
 import gzip
-import hashlib
 import http.server
 import io
 import json
@@ -52,6 +51,7 @@ from pyro_vae.models import MODELS
 from pyro_vae.objectives import ELBOS
 from pyro_vae.parts import GUIDES, LIKELIHOODS, PRIORS
 from pyro_vae.runs.store import LOCK_FILE
+from run_helpers import hashes, sha256
 
 HELPER = Path(__file__).parent / "hostile_helpers" / "bounded.py"
 HEADROOM_MB = 1536  # the ceiling: the child's VmPeak after `import pyro_vae` + 1.5 GiB
@@ -67,15 +67,6 @@ def fuzz_settings(examples):
 
 
 # ---- shared helpers --------------------------------------------------------------------------------
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def hashes(folder, skip=()):
-    """sha256 of every file in `folder` (a run directory is flat), by name, but those in `skip`."""
-    return {p.name: sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name not in skip}
-
 
 def cli(argv):
     """main(argv) in-process: (status, stdout, stderr). Any exception other than SystemExit escapes."""

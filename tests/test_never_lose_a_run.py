@@ -2,14 +2,12 @@
 would, asserting the one-line message, the exit status, and (by hashing) that no file outside the
 run, and no previous run, changed."""
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,22 +16,11 @@ import pyro_vae
 from pyro_vae.cli import main
 from pyro_vae.errors import BadType, BadValue, UserError
 from pyro_vae.runs import load_checkpoint
+from run_helpers import hashes
 
 SMALL = dict(dataset="digits", hidden=16, z_dim=2, train_size=200, batch_size=32, device="cpu")
 ARGS = ["--dataset", "digits", "--hidden", "16", "--z-dim", "2", "--train-size", "200", "--batch-size", "32",
         "--device", "cpu", "--quiet"]
-
-
-def hashes(folder):
-    """sha256 of every file below `folder` (links as links), by relative path."""
-    folder = Path(folder)
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_symlink():
-            out[str(p.relative_to(folder))] = "link:" + os.readlink(p)
-        elif p.is_file():
-            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
