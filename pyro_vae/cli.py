@@ -11,10 +11,11 @@ import sys
 import torch
 
 from . import errors
-from .data import DATASETS, download
+from .data import CONDITIONS, DATASETS, download
 from .errors import UserError
 from .estimators import MAX_BATCH
 from .models import MODELS
+from .nets import ACTIVATIONS, NETS
 from .objectives import ELBOS
 from .parts import GUIDES, LIKELIHOODS, PRIORS
 from .runs.training import GRACE
@@ -60,6 +61,28 @@ def part_choice(kind, table):
                                          f"or MODULE:NAME for one of your own")
 
     return convert
+
+
+def widths_setting(text):
+    """--hidden: one width, or a comma list of them (one per hidden layer)."""
+    values = [positive_int(v.strip()) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def dataset_choice(text):
+    """--dataset: a built-in name, torchvision:NAME, or the path of a file or folder that exists."""
+    if text in DATASETS or text.startswith("torchvision:") or os.path.exists(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown data set {text!r}: not one of {', '.join(DATASETS)}, and no such file "
+                                     f"or folder")
+
+
+def numbers(text):
+    """A comma list of numbers, e.g. --covariates 0.3,-1.2."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of numbers, got {text!r}") from None
 
 
 def labels_setting(text):
@@ -110,14 +133,28 @@ def parser():
     c = Config()
     t.add_argument("--model", default=c.model, choices=list(MODELS),
                    help="vae; cvae1..cvae4 (conditional VAEs); m2 (semi-supervised); ae, dae (autoencoder baselines)")
-    t.add_argument("--dataset", default=c.dataset, choices=DATASETS, help="data set")
+    t.add_argument("--dataset", default=c.dataset, type=dataset_choice, metavar="{" + ",".join(DATASETS) + "}|PATH",
+                   help="a built-in data set; or your own: a .npz file (arrays x, and optionally labels, y, x_test, "
+                        "labels_test, y_test), a .npy file of x, a folder of images in one subfolder per class, or "
+                        "torchvision:NAME (with --data-dir; needs torchvision)")
     t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
                    "~/.cache/pyro-vae, /usr/share/datasets")
+    t.add_argument("--condition", default=None, choices=CONDITIONS,
+                   help="what conditional models read as y: the class label (one-hot), attributes (0/1 values of the "
+                        "array y) or covariates (real values of y) (default: label where there are labels, else y)")
     t.add_argument("--epochs", type=positive_int, default=None, help=per_dataset("epochs"))
     t.add_argument("--batch-size", type=positive_int, default=None, help=per_dataset("batch_size"))
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
     t.add_argument("--z-dim", type=positive_int, default=None, help=per_dataset("z_dim"))
-    t.add_argument("--hidden", type=positive_int, default=None, help=per_dataset("hidden"))
+    t.add_argument("--hidden", type=widths_setting, default=None, metavar="N[,N...]",
+                   help=per_dataset("hidden") + "; a list gives one hidden layer per width, e.g. 512,256")
+    t.add_argument("--net", type=part_choice("net", NETS), default=c.net, metavar="{mlp,gated,conv}|MODULE:NAME",
+                   help="the body of every network: fully connected, gated dense layers (VampPrior paper), or "
+                        "convolutions for images; or a network class of your own")
+    for role in ("encoder", "decoder", "prior"):
+        t.add_argument(f"--{role}-net", type=part_choice("net", NETS), default=None, metavar="NAME|MODULE:NAME",
+                       help=f"another body for the {role}'s network (default: --net)")
+    t.add_argument("--activation", default=c.activation, choices=list(ACTIVATIONS), help="hidden layers' activation")
     t.add_argument("--prior", type=part_choice("prior", PRIORS), metavar="{normal,class-mean,conditional,mog,vamp}|MODULE:NAME", default=None,
                    help=f"prior ({model_defaults('prior', '')})")
     t.add_argument("--guide", type=part_choice("guide", GUIDES), metavar="{diagonal,lowrank,iaf,delta}|MODULE:NAME", default=None,
@@ -196,6 +233,10 @@ def parser():
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--n", type=positive_int, default=64, help="number of draws")
     s.add_argument("--label", type=int, default=None, help="only this class (conditional models; default: one row per class)")
+    s.add_argument("--attributes", type=numbers, default=None, metavar="A,B,...",
+                   help="only these attributes, one 0 or 1 per attribute (runs conditioned on attributes)")
+    s.add_argument("--covariates", type=numbers, default=None, metavar="U,V,...",
+                   help="only these covariate values, one per covariate (runs conditioned on covariates)")
     s.add_argument("--out", default=None, help="PNG, PDF or SVG path (default: a new file in RUN_DIR named for what it "
                                                "holds, e.g. samples-n64-seed0.png)")
     s.add_argument("--replace", action="store_true", help="draw over an existing file")
@@ -273,7 +314,8 @@ def main(argv=None):
                                  args.examples, args.train_size, args.seed, progress=True)
             print(f"results ({len(rows)} rows), weights and figures in {args.out}")
         elif args.command == "sample":
-            path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace)
+            path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace,
+                              attributes=args.attributes, covariates=args.covariates)
             print(f"samples: {path}")
         elif args.command == "figures":
             paths = redraw_run(args.run_dir, args.device)

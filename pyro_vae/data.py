@@ -18,6 +18,7 @@ import struct
 import tempfile
 import time
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BadValue, UserError, positive_int
+from .errors import BadType, BadValue, UserError, positive_int
 from .files import TEMP_PREFIX, write_error
 
 IDX_FILES = {
@@ -73,22 +74,73 @@ EVAL_BINARIZATION_SEED = 0  # the same bits for every run's validation and test 
 
 @dataclass
 class Dataset:
-    """Three splits of one data set, each an (images, labels) pair of tensors on `device`."""
+    """Three splits of one data set, each an (x, c) pair of tensors on `device`.
+
+    x is (N, prod(shape)) floats: pixels in [0, 1] (`kind` "pixels") or standardised real values
+    (`kind` "real"). c is what a conditional model conditions on (`condition`): class labels
+    (long, -1 where hidden), or an (N, D) float tensor of attributes (0/1) or covariates; for a
+    data set with neither it is a long tensor of zeros and `condition` is None."""
 
     name: str
-    shape: tuple  # (H, W) of one image
-    classes: list
-    splits: dict = field(default_factory=dict)  # "train" | "val" | "test" -> (x, y)
+    shape: tuple  # one example: (H, W) or (C, H, W) for images, (D,) for vectors
+    classes: list | None  # the class names, where there are class labels
+    splits: dict = field(default_factory=dict)  # "train" | "val" | "test" -> (x, c)
     binarized: bool = False  # val/test hold fixed binary pixels; train is binarized per batch
     labelled: object = None  # semi-supervised: indices of the training examples whose label is kept
+    condition: str | None = "label"  # "label", "attributes", "covariates" or None
+    kind: str = "pixels"  # "pixels" (in [0, 1]) or "real" (standardised with the training split's statistics)
+    y_names: list | None = None  # the names of the attributes or covariates
+    facts: dict = field(default_factory=dict)  # how it was read: source, checksum, test split, scaling
+    source: dict | None = field(default=None, repr=False)  # from_arrays: the arrays it was made from
 
     @property
     def x_dim(self):
-        return self.shape[0] * self.shape[1]
+        return math.prod(self.shape)
 
     @property
     def n_classes(self):
-        return len(self.classes)
+        return len(self.classes) if self.classes else 0
+
+    @property
+    def y_dim(self):
+        """The size of the y a conditional model reads: the classes (one-hot), or the attributes or covariates."""
+        if self.condition == "label":
+            return self.n_classes
+        if self.condition is None:
+            return 0
+        return self.splits["train"][1].shape[1]
+
+    @property
+    def is_image(self):
+        return len(self.shape) >= 2
+
+    @classmethod
+    def from_arrays(cls, x, labels=None, y=None, test=None, name="arrays", classes=None, y_names=None,
+                    condition=None, device="cpu", binarize=True, val_size=0.1, train_size=None, seed=0,
+                    semi_labels=None):
+        """A Dataset from NumPy arrays or tensors: x of shape (N, H, W), (N, C, H, W) or (N, D);
+        optional class `labels` (N,) and `y` (N,) or (N, D) (attributes or covariates); `test` the
+        test split as a dict {"x", "labels", "y"} or a tuple (x, labels, y) (shorter tuples
+        allowed), or None to carve a seeded fifth off. Checked as a data file is (see `arrays`)."""
+        if isinstance(test, (tuple, list)):
+            test = dict(zip(("x", "labels", "y"), test))
+        test = test or {}
+        if not isinstance(test, dict):
+            raise BadType(f"test is a dict {{'x', 'labels', 'y'}} or a tuple (x, labels, y), not {type(test).__name__}")
+        source = {"x": x, "labels": labels, "y": y, "x_test": test.get("x"), "labels_test": test.get("labels"),
+                  "y_test": test.get("y"), "classes": classes, "y_names": y_names}
+        source = {k: v for k, v in source.items() if v is not None}
+        data = load_source(name, source, device=device, binarize=binarize, val_size=val_size, train_size=train_size,
+                           seed=seed, labels=semi_labels, condition=condition)
+        data.source = source  # what `train` writes into a run directory as data.npz
+        return data
+
+    def save_arrays(self, path):
+        """Write the arrays this Dataset was made from (`from_arrays`) as a .npz data file."""
+        if self.source is None:
+            raise UserError(f"{self.name} was not made from arrays: give its name or file instead")
+        arrays_ = {k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self.source.items()}
+        np.savez(path, **arrays_)
 
 
 def data_dirs(name, data_dir=None):
@@ -264,35 +316,343 @@ def _digits():
     order = np.random.default_rng(1797).permutation(len(images))
     n_test = len(images) // 5
     test, train = order[:n_test], order[n_test:]
-    return (images[train], d.target[train]), (images[test], d.target[test])
+    return {"x": images[train], "labels": d.target[train], "x_test": images[test], "labels_test": d.target[test]}
+
+
+CONDITIONS = ("label", "attributes", "covariates")
+ARRAY_SUFFIXES = (".npz", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+TEST_SHARE, TEST_SEED = 0.2, 0  # a file without a test split: this share is carved off, the same for every run
+MAX_FILE_BYTES = 16 << 30  # the largest data file read (a check against a path to the wrong thing)
+
+
+def is_builtin(name):
+    return name in DATASETS
 
 
 def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_size=0.1,
-                 train_size=None, seed=0, labels=None):
+                 train_size=None, seed=0, labels=None, condition=None):
     """Load a data set as a `Dataset` of tensors on `device`.
 
+    `name` is a built-in set (DATASETS), the path of a `.npz` (arrays `x`, and optionally
+    `labels`, `y`, `x_test`, `labels_test`, `y_test`) or `.npy` file (`x` alone), a folder of images
+    in one subfolder per class (or `train/` and `test/` folders of those), or
+    "torchvision:NAME" (a torchvision data set already in `data_dir`; torchvision is optional).
+
     The validation split is a seeded `val_size` share of the training split (model selection);
-    the test split is the official one (a fixed 20% for `digits`). `train_size` keeps only the
-    first N training examples (after the validation split is carved off), for quick runs.
+    the test split is the official one (a fixed 20% for `digits`, and for a file without one,
+    carved off with seed TEST_SEED). `train_size` keeps only the first N training examples
+    (after the validation split is carved off), for quick runs. `condition` picks what c holds
+    (see `Dataset`); None: the class labels where there are any, else y.
 
     `labels=N` (semi-supervised training) keeps the labels of N training examples, balanced over
     the classes and drawn with `seed`, and hides the rest, and every validation label, as -1;
     `data.labelled` holds the kept examples' indices in the training split. None or "all": every
     label is kept."""
-    if name not in DATASETS:
-        raise UserError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    if name == "digits":
-        (x_train, y_train), (x_test, y_test) = _digits()
+    if is_builtin(name):
+        if name == "digits":
+            source = _digits()
+        else:
+            x_train, y_train = read_idx_split(name, "train", data_dir)
+            x_test, y_test = read_idx_split(name, "test", data_dir)
+            source = {"x": x_train, "labels": y_train, "x_test": x_test, "labels_test": y_test}
+        checked = arrays(name, source, CLASS_NAMES[name])
+    elif name.startswith("torchvision:"):
+        source, classes = read_torchvision(name.partition(":")[2], data_dir)
+        checked = arrays(name, source, classes)
     else:
-        x_train, y_train = read_idx_split(name, "train", data_dir)
-        x_test, y_test = read_idx_split(name, "test", data_dir)
-        if x_train.shape[1:] != x_test.shape[1:]:
-            raise UserError(f"{name}: training images are {'x'.join(map(str, x_train.shape[1:]))}, "
-                            f"test images {'x'.join(map(str, x_test.shape[1:]))}")
-        x_train, x_test = x_train.astype(np.float32) / 255.0, x_test.astype(np.float32) / 255.0
+        source, classes, facts = read_files(name)
+        checked = arrays(name, source, classes)
+        checked["facts"].update(facts)
+    return assemble(name, checked, device=device, binarize=binarize, val_size=val_size, train_size=train_size,
+                    seed=seed, labels=labels, condition=condition)
+
+
+def load_source(name, source, classes=None, **settings):
+    """A Dataset from a dict of arrays as a data file holds them (x, labels, y, x_test, ...)."""
+    source = dict(source)
+    classes = source.pop("classes", classes)
+    y_names = source.pop("y_names", None)
+    return assemble(name, arrays(name, source, classes, y_names), **settings)
+
+
+def read_files(path):
+    """(arrays, class names or None, facts) of a data file or image folder."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"unknown data set {str(path)!r}: not one of {', '.join(DATASETS)}, and no such file "
+                        f"or folder (give a .npz or .npy file, or a folder of images in class subfolders)")
+    facts = {"source": str(p.resolve()), "sha256": content_hash(p)}
+    if p.is_dir():
+        source, classes = read_image_folder(p)
+        return source, classes, facts
+    if p.suffix.lower() not in ARRAY_SUFFIXES:
+        raise UserError(f"{path}: a data file is a .npz or .npy file, or a folder of images, not {p.suffix or 'a file without a suffix'}")
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {p.stat().st_size >> 20} MB, more than the {MAX_FILE_BYTES >> 30} GB a data file may have")
+    try:
+        if p.suffix.lower() == ".npy":
+            return {"x": np.load(p, allow_pickle=False)}, None, facts
+        with np.load(p, allow_pickle=False) as f:
+            unknown = sorted(set(f.files) - set(NPZ_KEYS))
+            if unknown:
+                raise UserError(f"{path}: unknown array(s) {', '.join(unknown)}; a data file holds {', '.join(NPZ_KEYS)}")
+            if "x" not in f.files:
+                raise UserError(f"{path}: no array named x (it holds {', '.join(f.files) or 'nothing'})")
+            source = {k: f[k] for k in f.files if k != "classes"}
+            classes = [str(c) for c in f["classes"]] if "classes" in f.files else None
+            if "y_names" in source:
+                source["y_names"] = [str(v) for v in source["y_names"]]
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error, KeyError, zipfile.BadZipFile) as e:  # damaged, truncated, pickled
+        raise UserError(f"{path}: not a readable NumPy file ({type(e).__name__}: {str(e)[:120]})") from None
+    return source, classes, facts
+
+
+NPZ_KEYS = ("x", "labels", "y", "x_test", "labels_test", "y_test", "classes", "y_names")
+
+
+def content_hash(path):
+    """sha256 of a file, or of a folder's image files (their relative paths and bytes, in order)."""
+    h = hashlib.sha256()
+    files = sorted(q for q in Path(path).rglob("*") if q.is_file()) if Path(path).is_dir() else [Path(path)]
+    for q in files:
+        if Path(path).is_dir():
+            h.update(str(q.relative_to(path)).encode() + b"\0")
+        with open(q, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_image_folder(folder):
+    """(arrays, class names) of a folder of images in one subfolder per class, or of its `train/`
+    and `test/` folders of those. Grey images stay grey (N, H, W); any colour image makes the set
+    RGB (N, 3, H, W). Every image must have the same size."""
+    from PIL import Image, UnidentifiedImageError  # matplotlib brings Pillow
+
+    def classes_of(root):
+        dirs = sorted(d for d in root.iterdir() if d.is_dir())
+        if not dirs:
+            raise UserError(f"{root}: no class subfolders (a folder of images holds one subfolder per class)")
+        return dirs
+
+    def read(root, names):
+        images, labels = [], []
+        for k, name in enumerate(names):
+            files = sorted(q for q in (root / name).iterdir() if not q.name.startswith("."))
+            for q in files:
+                if q.is_dir() or q.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise UserError(f"{q}: not a PNG or JPEG image (a class folder holds images only)")
+                try:
+                    with Image.open(q) as im:
+                        images.append(im.copy())
+                except (UnidentifiedImageError, OSError) as e:
+                    raise UserError(f"{q}: not a readable image ({type(e).__name__})") from None
+                labels.append(k)
+        if not images:
+            raise UserError(f"{root}: the class folders hold no images")
+        return images, np.asarray(labels, dtype=np.int64)
+
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    names = [d.name for d in classes_of(folder / "train" if split else folder)]
+    parts = {"": read(folder / "train" if split else folder, names)}
+    if split:
+        test_names = [d.name for d in classes_of(folder / "test")]
+        if set(test_names) - set(names):
+            raise UserError(f"{folder}/test: class folder(s) {', '.join(sorted(set(test_names) - set(names)))} "
+                            f"not in {folder}/train")
+        parts["_test"] = read(folder / "test", names if test_names == names else test_names)
+        if test_names != names:  # a class absent from the test split: map by name
+            index = {n: k for k, n in enumerate(names)}
+            parts["_test"] = (parts["_test"][0], np.asarray([index[test_names[k]] for k in parts["_test"][1]]))
+    colour = any(im.mode not in ("L", "1", "I;16", "I") for images, _ in parts.values() for im in images)
+    sizes = {im.size for images, _ in parts.values() for im in images}
+    if len(sizes) > 1:
+        raise UserError(f"{folder}: images of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:4])}); "
+                        f"every image must have the same size")
+    source = {}
+    for suffix, (images, labels) in parts.items():
+        x = np.stack([np.asarray(im.convert("RGB" if colour else "L"), dtype=np.uint8) for im in images])
+        source["x" + suffix] = x.transpose(0, 3, 1, 2) if colour else x
+        source["labels" + suffix] = labels
+    return source, names
+
+
+def read_torchvision(name, data_dir):
+    """(arrays, class names) of a torchvision image data set already on disk (never downloads)."""
+    try:
+        import torchvision.datasets  # optional: `pip install pyro-vae[torchvision]`
+    except ImportError:
+        raise UserError(f"torchvision:{name} needs torchvision, which is not installed "
+                        f"(pip install 'pyro-vae[torchvision]')") from None
+    if not data_dir:
+        raise UserError(f"torchvision:{name}: give --data-dir, the folder torchvision keeps it in")
+    make = getattr(torchvision.datasets, name, None)
+    if make is None:
+        raise UserError(f"torchvision has no data set {name!r}")
+    source = {}
+    try:
+        for suffix, train in (("", True), ("_test", False)):
+            d = make(root=data_dir, train=train, download=False)
+            x = np.asarray(d.data)
+            if x.ndim == 4 and x.shape[-1] in (1, 3):  # stored (N, H, W, C), as CIFAR is
+                x = x.transpose(0, 3, 1, 2)
+            source["x" + suffix] = x
+            source["labels" + suffix] = np.asarray(d.targets, dtype=np.int64)
+    except (RuntimeError, OSError, TypeError) as e:  # not there, or a set without train/test splits
+        raise UserError(f"torchvision:{name} in {data_dir}: {str(e).splitlines()[0][:160]}") from None
+    return source, [str(c) for c in getattr(d, "classes", [])] or None
+
+
+def arrays(name, source, classes=None, y_names=None):
+    """The arrays of a data set checked and made uniform, or a one-line UserError naming what is
+    wrong: x float32 with examples first, pixels scaled to [0, 1] (0-255 values divided by 255) or
+    real values standardised with the training split's mean and deviation per value; labels int64
+    in 0..K-1; y float32 (N, D). Returns a dict with the arrays, `classes`, `y_names`, `facts`."""
+    out = {"facts": {}}
+    y_names = y_names if y_names is not None else source.get("y_names")
+    for suffix in ("", "_test"):
+        x = source.get("x" + suffix)
+        if x is None:
+            if suffix == "":
+                raise UserError(f"{name}: no x")
+            if source.get("labels_test") is not None or source.get("y_test") is not None:
+                raise UserError(f"{name}: labels_test or y_test without x_test")
+            continue
+        x = as_array(x, f"{name}: x{suffix}")
+        if x.ndim not in (2, 3, 4) or len(x) == 0:
+            raise UserError(f"{name}: x{suffix} has shape {x.shape}; give (N, D) vectors, (N, H, W) or (N, C, H, W) "
+                            f"images, with N > 0")
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise UserError(f"{name}: x{suffix} holds {x.dtype} values, not numbers")
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(1) if np.issubdtype(x.dtype, np.floating) else np.zeros(len(x), bool)
+        if bad.any():
+            raise UserError(f"{name}: x{suffix} holds NaN or infinite values (example {int(np.flatnonzero(bad)[0])}, "
+                            f"{int(bad.sum())} examples in all)")
+        out["x" + suffix] = x
+        n = len(x)
+        for key in ("labels", "y"):
+            v = source.get(key + suffix)
+            if v is None:
+                continue
+            v = as_array(v, f"{name}: {key}{suffix}")
+            if len(v) != n:
+                raise UserError(f"{name}: x{suffix} has {n} examples but {key}{suffix} has {len(v)}")
+            if key == "labels":
+                out[key + suffix] = check_labels(name, v, key + suffix, classes)
+            else:
+                if v.ndim == 1:
+                    v = v[:, None]
+                if v.ndim != 2 or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
+                    raise UserError(f"{name}: {key}{suffix} must be finite numbers of shape (N,) or (N, D), got "
+                                    f"{v.dtype} {v.shape}" + (" with NaN or infinite values" if v.ndim == 2 else ""))
+                out[key + suffix] = v.astype(np.float32)
+    for key in ("labels", "y"):
+        if (key in out) != (key + "_test" in out) and "x_test" in out:
+            raise UserError(f"{name}: {key} given for one split only; give {key} and {key}_test, or neither")
+    if "y" in out and "y_test" in out and out["y"].shape[1] != out["y_test"].shape[1]:
+        raise UserError(f"{name}: y has {out['y'].shape[1]} values per example, y_test {out['y_test'].shape[1]}")
+    if "x_test" in out and out["x_test"].shape[1:] != out["x"].shape[1:]:
+        raise UserError(f"{name}: training examples have shape {out['x'].shape[1:]}, test examples "
+                        f"{out['x_test'].shape[1:]}")
+    n_classes = max([int(out[k].max()) + 1 for k in ("labels", "labels_test") if k in out] or [0])
+    if classes is not None and "labels" in out and n_classes > len(classes):
+        raise UserError(f"{name}: label {n_classes - 1} out of range 0..{len(classes) - 1} ({len(classes)} classes named)")
+    out["classes"] = (list(classes) if classes else [str(k) for k in range(n_classes)]) if "labels" in out else None
+    out["y_names"] = [str(v) for v in y_names] if y_names is not None and "y" in out else \
+        ([f"y{k}" for k in range(out["y"].shape[1])] if "y" in out else None)
+    if out["y_names"] is not None and len(out["y_names"]) != out["y"].shape[1]:
+        raise UserError(f"{name}: {len(out['y_names'])} y_names for {out['y'].shape[1]} values of y")
+    scale(name, out)
+    return out
+
+
+def as_array(v, what):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    try:
+        v = np.asarray(v)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{what}: not an array ({e})") from None
+    if v.dtype == object:
+        raise UserError(f"{what}: holds Python objects, not numbers")
+    return v
+
+
+def check_labels(name, v, key, classes):
+    if v.ndim != 1:
+        raise UserError(f"{name}: {key} must be one class number per example, shape (N,), got {v.shape}")
+    if not np.issubdtype(v.dtype, np.number) or (np.issubdtype(v.dtype, np.floating) and
+                                                (not np.isfinite(v).all() or (v != np.round(v)).any())):
+        raise UserError(f"{name}: {key} must be whole class numbers 0..K-1, got {v.dtype} values")
+    if v.min() < 0:
+        raise UserError(f"{name}: {key} has label {int(v.min())}; class numbers run from 0")
+    if classes is not None and v.max() >= len(classes):
+        raise UserError(f"{name}: {key} has label {int(v.max())} out of range 0..{len(classes) - 1}")
+    return v.astype(np.int64)
+
+
+def scale(name, out):
+    """Decide what x is from the training split and scale both splits alike, recording how:
+    pixels in [0, 1] as they are, whole numbers in 0..255 divided by 255, anything else real
+    values, standardised with the training split's statistics."""
+    x = out["x"]
+    low, high = float(x.min()), float(x.max())
+    whole = np.issubdtype(x.dtype, np.integer) or bool(np.all(x == np.round(x)))
+    if 0 <= low and high <= 1:
+        kind, facts = "pixels", {"kind": "pixels", "scaling": "none: values in [0, 1]"}
+        shift, div = np.float32(0), np.float32(1)
+    elif 0 <= low and high <= 255 and whole:
+        kind, facts = "pixels", {"kind": "pixels", "scaling": "divided by 255: whole numbers in 0..255"}
+        shift, div = np.float32(0), np.float32(255)
+    else:
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        shift = flat.mean(0).astype(np.float32).reshape(x.shape[1:])
+        sd = flat.std(0)
+        div = np.where(sd > 0, sd, 1.0).astype(np.float32).reshape(x.shape[1:])
+        kind = "real"
+        facts = {"kind": "real", "scaling": f"standardised per value with the training split's mean and standard "
+                                           f"deviation (values from {low:.4g} to {high:.4g})"}
+    for key in ("x", "x_test"):
+        if key in out:
+            v = (out[key].astype(np.float32) - shift) / div
+            if kind == "pixels" and (v.min() < 0 or v.max() > 1):
+                raise UserError(f"{name}: {key} has values from {float(out[key].min()):.4g} to {float(out[key].max()):.4g}, "
+                                f"outside the training split's pixel range; scale both splits alike")
+            out[key] = v
+    out["kind"] = kind
+    out["facts"].update(facts)
+
+
+def assemble(name, a, device="cpu", binarize=True, val_size=0.1, train_size=None, seed=0, labels=None,
+             condition=None):
+    """The Dataset of checked arrays (`arrays`): the test split carved off where there is none,
+    the condition chosen, the validation split carved off with `seed`, labels hidden for `labels=N`."""
+    x, facts = a["x"], dict(a["facts"])
+    if "x_test" not in a:
+        order = np.random.default_rng(TEST_SEED).permutation(len(x))
+        n_test = int(round(TEST_SHARE * len(x)))
+        if n_test < 1 or n_test >= len(x):
+            raise UserError(f"{name}: {len(x)} examples and no test split: too few to carve one off "
+                            f"(give x_test, or more examples)")
+        test, rest = np.sort(order[:n_test]), np.sort(order[n_test:])
+        facts["test"] = f"carved off: {n_test} of {len(x)} examples ({TEST_SHARE:.0%}, seed {TEST_SEED})"
+        facts["test_indices"] = test.tolist()
+        a = {**a, **{k + "_test": a[k][test] for k in ("x", "labels", "y") if k in a},
+             **{k: a[k][rest] for k in ("x", "labels", "y") if k in a}}
+    else:
+        facts.setdefault("test", "given")
+    condition = choose_condition(name, a, condition)
+    c_key = {"label": "labels", "attributes": "y", "covariates": "y", None: None}[condition]
+    if labels is not None and labels != "all" and condition != "label":
+        raise UserError(f"{name}: --labels hides class labels, and this data set conditions on {condition or 'nothing'}")
+    x_train, x_test = a["x"], a["x_test"]
+    c_train = a[c_key] if c_key else np.zeros(len(x_train), np.int64)
+    c_test = a[c_key + "_test"] if c_key else np.zeros(len(x_test), np.int64)
     if not 0 < val_size < 1:
         raise UserError(f"val_size must be in (0, 1), got {val_size}")
-    shape = tuple(x_train.shape[1:])
     order = np.random.default_rng(seed).permutation(len(x_train))
     n_val = max(1, int(round(val_size * len(x_train))))
     val, train = order[:n_val], order[n_val:]
@@ -302,26 +662,51 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
         raise BadValue(f"{name}: {len(x_train)} training example(s) leave none to train on after the validation "
                        f"split (val_size {val_size})")
 
-    def split(x, y):
-        x = torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32, device=device)
-        return x, torch.as_tensor(y, dtype=torch.long, device=device)
+    def split(x, c):
+        x = torch.as_tensor(np.ascontiguousarray(x.reshape(len(x), -1)), dtype=torch.float32, device=device)
+        return x, torch.as_tensor(c, dtype=torch.long if c.dtype == np.int64 else torch.float32, device=device)
 
-    data = Dataset(name, shape, CLASS_NAMES[name], binarized=binarize)
-    data.splits["train"] = split(x_train[train], y_train[train])
-    data.splits["val"] = split(x_train[val], y_train[val])
-    data.splits["test"] = split(x_test, y_test)
+    binarized = binarize and a["kind"] == "pixels"
+    data = Dataset(name, tuple(x_train.shape[1:]), a["classes"], binarized=binarized, condition=condition,
+                   kind=a["kind"], y_names=a["y_names"] if c_key == "y" else None, facts=facts)
+    data.splits["train"] = split(x_train[train], c_train[train])
+    data.splits["val"] = split(x_train[val], c_train[val])
+    data.splits["test"] = split(x_test, c_test)
     if labels is not None and labels != "all":
-        data.labelled = keep_labels(y_train[train], labels, len(CLASS_NAMES[name]), seed)
+        data.labelled = keep_labels(c_train[train], labels, data.n_classes, seed)
         hidden = torch.full((len(train),), -1, dtype=torch.long)
-        hidden[data.labelled] = torch.as_tensor(y_train[train][data.labelled], dtype=torch.long)
+        hidden[data.labelled] = torch.as_tensor(c_train[train][data.labelled], dtype=torch.long)
         data.splits["train"] = (data.splits["train"][0], hidden.to(device))
         data.splits["val"] = (data.splits["val"][0], torch.full_like(data.splits["val"][1], -1))
-    if binarize:
+    if binarized:
         g = torch.Generator(device=device).manual_seed(EVAL_BINARIZATION_SEED)
         for s in ("val", "test"):
-            x, y = data.splits[s]
-            data.splits[s] = (torch.bernoulli(x, generator=g), y)
+            x, c = data.splits[s]
+            data.splits[s] = (torch.bernoulli(x, generator=g), c)
     return data
+
+
+def choose_condition(name, a, condition):
+    """What c holds: the condition asked for, checked against the arrays; None: labels, else y, else nothing."""
+    if condition is None:
+        if "labels" in a:
+            return "label"
+        if "y" in a:
+            return "attributes" if np.isin(a["y"], (0.0, 1.0)).all() else "covariates"
+        return None
+    if condition not in CONDITIONS:
+        raise UserError(f"unknown condition {condition!r}; choose from {', '.join(CONDITIONS)}")
+    if condition == "label" and "labels" not in a:
+        raise UserError(f"{name}: --condition label, and it has no labels")
+    if condition != "label" and "y" not in a:
+        raise UserError(f"{name}: --condition {condition} reads the array y, and it has none")
+    if condition == "attributes":
+        for key in ("y", "y_test"):
+            off = a[key][~np.isin(a[key], (0.0, 1.0))]
+            if off.size:
+                raise UserError(f"{name}: attributes are 0 or 1, and {key} holds {float(off[0]):.4g}; "
+                                f"use --condition covariates for continuous values")
+    return condition
 
 
 def keep_labels(y, n, n_classes, seed):

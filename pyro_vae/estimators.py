@@ -230,3 +230,29 @@ def label_fidelity(model, data, reference, per_class=100):
             "fidelity_samples_per_class": per_class,
             "fidelity_samples_kind": "mean images of p(x|z,y), z ~ p(z|y)",
             "classifier_test_accuracy": reference["test_accuracy"]}
+
+
+@torch.no_grad()
+def condition_agreement(model, data, reference, draws=1000):
+    """Whether samples follow the attributes or covariates they were drawn for: for the y of the
+    first `draws` test examples, one mean sample of p(x|z,y) with z ~ p(z|y) each, read back by
+    the reference predictor (`reference["read"]`, trained on real data). Attributes: the share of
+    each attribute read back as asked; covariates: R^2 of the reading against the value asked, and
+    the slope of that regression (1: the samples move with y as much as real data does)."""
+    c = data.splits["test"][1][:draws]
+    x_unused = torch.zeros(len(c), data.x_dim, device=c.device)
+    images, _ = decode(model, *model_inputs(model, x_unused, c, data.n_classes))
+    read = reference["read"](images)
+    names = data.y_names or [f"y{k}" for k in range(c.shape[1])]
+    out = {"agreement_draws": len(c), "reference_test_score": [round(v, 4) for v in reference["test_score"]],
+           "y_names": names}
+    if data.condition == "attributes":
+        per = (read == c).float().mean(0)
+        out.update(attribute_agreement=per.mean().item(), attribute_agreement_per_attribute=[round(v, 4) for v in per.tolist()])
+    else:
+        centred = c - c.mean(0)
+        slope = (centred * (read - read.mean(0))).sum(0) / (centred ** 2).sum(0).clamp(min=1e-12)
+        residual = ((c - read) ** 2).sum(0)
+        r2 = 1 - residual / (centred ** 2).sum(0).clamp(min=1e-12)
+        out.update(covariate_r2=[round(v, 4) for v in r2.tolist()], covariate_slope=[round(v, 4) for v in slope.tolist()])
+    return out

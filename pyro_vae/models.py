@@ -17,6 +17,7 @@ of it), and holds the one guide they share. The configuration, the CLI's help an
 read the declarations from the class, so a new model is one class here plus a line in MODELS.
 """
 
+import dataclasses
 import os
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -28,8 +29,8 @@ from torch import nn
 from torch.nn.functional import one_hot
 
 from .errors import BadValue, UserError, positive_int
-from .nets import MLP, cat
-from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, constructor, make_part
+from .nets import NETS, Body, cat, widths
+from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, Y_LIKELIHOODS, constructor, make_part
 
 
 @runtime_checkable
@@ -59,7 +60,10 @@ class ModelContract(Protocol):
 
 class LatentVariableModel(nn.Module):
     """Builds the guide, prior and likelihood parts a subclass's declarations ask for, sized from
-    x_dim, y_dim and z_dim, and runs the guide q(z | guide_input). Subclasses write `model()`."""
+    x_dim, y_dim and z_dim, and runs the guide q(z | guide_input). Subclasses write `model()`.
+
+    `net` says how every part builds its network: a `nets.Body`, or a dict of one per role
+    ("encoder", "decoder", "prior"); None: the fully connected body of `hidden` widths."""
 
     observed: ClassVar[str] = "x"
     guide_input: ClassVar[tuple] = ("x",)
@@ -75,21 +79,28 @@ class LatentVariableModel(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.conditional = "y" in cls.guide_input
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None):
         super().__init__()
         parts = self.choose_parts(likelihood=likelihood, prior=prior, guide=guide)
         dims = {"x": x_dim, "y": y_dim, "z": z_dim}
+        self.nets = net if isinstance(net, dict) else dict.fromkeys(ROLES, net or Body(hidden=widths(hidden)))
         guide_in = sum(dims[v] for v in self.guide_input)
-        self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim, hidden=hidden)
+        self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim,
+                                 net=self.net_for("encoder", self.guide_input))
         make_prior = constructor("prior", PRIORS, parts["prior"])
         self._check_prior(parts["prior"], make_prior)
         self.prior = make_part("prior", PRIORS, parts["prior"], z_dim=z_dim,
-                               c_dim=dims[self.prior_input] if self.prior_input else 0, hidden=hidden)
+                               c_dim=dims[self.prior_input] if self.prior_input else 0,
+                               net=self.net_for("prior", (self.prior_input,)))
         if hasattr(self.prior, "attach"):  # a VampPrior is made of the guide's encoder
             self.prior.attach(self.encoder, guide_in)
         self.decoder = make_part("likelihood", LIKELIHOODS, parts["likelihood"],
                                  in_dim=sum(dims[v] for v in self.decoder_input), out_dim=dims[self.observed],
-                                 hidden=hidden)
+                                 net=self.net_for("decoder", self.decoder_input))
+
+    def net_for(self, role, reads):
+        """The Body of a role's network, told whether its input starts with x."""
+        return dataclasses.replace(self.nets[role], reads_x=reads[0] == "x")
 
     @classmethod
     def name(cls):
@@ -108,9 +119,9 @@ class LatentVariableModel(nn.Module):
         lik = chosen["likelihood"]
         if cls.likelihoods is not None and lik in LIKELIHOODS and lik not in cls.likelihoods:
             if cls.observed == "y":
-                raise UserError(f"{name} predicts the class label y: its likelihood must be "
-                                f"{' or '.join(cls.likelihoods)}, not {lik!r}")
-            raise UserError(f"{name} models pixels: the {lik} likelihood (over a class label) only fits cvae3; "
+                raise UserError(f"{name} predicts y: its likelihood is one over y "
+                                f"({' or '.join(cls.likelihoods)}), not {lik!r}")
+            raise UserError(f"{name} models x: the {lik} likelihood (over a class label) only fits cvae3; "
                             f"choose from {', '.join(cls.likelihoods)}")
         return chosen
 
@@ -199,7 +210,7 @@ class CVAE3(ConditionalVAE):
     prior_input = "x"
     decoder_input = ("x", "z")
     defaults = {**ConditionalVAE.defaults, "likelihood": "categorical"}
-    likelihoods = ("categorical",)  # y is a one-hot class label here (the quadrant task passes its own part)
+    likelihoods = tuple(dict.fromkeys(sum(Y_LIKELIHOODS.values(), ())))  # the one matching what y is (runs check)
 
     def model(self, x, y):
         self.register("prior", "decoder")
@@ -264,10 +275,10 @@ class M2(LatentVariableModel):
     elbos = ("enum",)
     alpha = 46.0  # the auxiliary weight per labelled example (Pyro's SS-VAE example; runs set it from config)
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
-        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide)
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None):
+        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide, net)
         positive_int("y_dim (the number of classes)", y_dim)
-        self.classifier = MLP(x_dim, hidden, y_dim)
+        self.classifier = self.net_for("encoder", ("x",))(x_dim, y_dim)
         self.register_buffer("label_logits", torch.zeros(y_dim))  # p(y) uniform
 
     def model(self, x, y=None, labelled=None):
@@ -324,22 +335,42 @@ def model_class(name):
     return MODELS[name]
 
 
-def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None):
+ROLES = ("encoder", "decoder", "prior")
+
+
+def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net="mlp",
+                activation="softplus", shape=None, nets=None):
     """A model from the table by name. Parts left as None take the model's own defaults; each may
     be a name from its table in parts.py, an import path "module:Name", a constructor of your
-    own, or a built module."""
+    own, or a built module.
+
+    Every network is a `net` (a name in nets.NETS: mlp, gated, conv; an import path; or a class
+    of your own taking the keywords of nets.py) of the `hidden` widths and `activation`; `nets`
+    may give another one to a role ({"encoder": ..., "decoder": ..., "prior": ...}). `shape` is the
+    shape of one example (default: (x_dim,))."""
     cls = model_class(name)
-    for what, value in [("z_dim", z_dim), ("hidden", hidden), ("x_dim", x_dim)]:
+    for what, value in [("z_dim", z_dim), ("x_dim", x_dim)]:
         positive_int(what, value)
+    hidden = widths(hidden)
     check_memory(x_dim + y_dim + z_dim, hidden)
-    return cls(x_dim, y_dim, z_dim=z_dim, hidden=hidden, likelihood=likelihood, prior=prior, guide=guide)
+    chosen = {role: (nets or {}).get(role) or net for role in ROLES}
+    for role, choice in chosen.items():
+        if isinstance(choice, nn.Module):
+            raise UserError(f"the {role} net is built once for each part that has one: pass the class of "
+                            f"{type(choice).__name__}, not a built module")
+    bodies = {role: Body(constructor("net", NETS, choice), hidden, activation, tuple(shape or (x_dim,)))
+              for role, choice in chosen.items()}
+    return cls(x_dim, y_dim, z_dim=z_dim, likelihood=likelihood, prior=prior, guide=guide, net=bodies)
 
 
 def check_memory(io_dim, hidden):
     """Refuse sizes whose networks cannot fit in this machine's memory, before allocating them.
-    The built-in parts are three networks (guide, prior, likelihood) of one hidden layer, each at
-    most 2 x (inputs + outputs) x hidden weights, float32, with Adam's two moments beside them."""
-    need = 3 * 2 * io_dim * hidden * 4 * 3  # bytes
+    The built-in parts are three networks (guide, prior, likelihood) of the `hidden` widths, each
+    at most 2 x (inputs + outputs) x the first width plus the layers between, float32, with Adam's
+    two moments beside them."""
+    hidden = widths(hidden)
+    weights = 2 * io_dim * hidden[0] + sum(a * b for a, b in zip(hidden[:-1], hidden[1:])) + io_dim * hidden[-1]
+    need = 3 * weights * 4 * 3  # bytes
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocator decide
@@ -356,4 +387,12 @@ def model_inputs(model, x, labels, n_classes):
         return model.inputs(x, labels, n_classes)
     if not model.conditional:
         return (x,)
-    return x, one_hot(labels, n_classes).to(x.dtype)
+    return x, as_condition(labels, n_classes, x.dtype)
+
+
+def as_condition(c, n_classes, dtype=torch.float32):
+    """The y a model reads: the one-hot vector of a class label (a whole-number tensor), or the
+    attribute or covariate vector itself (a float tensor)."""
+    if c.is_floating_point():
+        return c.to(dtype)
+    return one_hot(c, n_classes).to(dtype)

@@ -1,19 +1,182 @@
-"""Networks: plain MLPs, and the one helper that joins inputs that carry particle dimensions
-(layer 2: imports nothing of the package)."""
+"""Networks: the bodies inside every part, and the one helper that joins inputs that carry
+particle dimensions (layer 2: imports only errors).
+
+A body maps (..., in_dim) -> (..., out_dim). Each kind in `NETS` is built with one keyword-only
+call, the same for every entry (and for a network class of your own):
+
+    Net(in_dim=, out_dim=, hidden=, activation=, shape=, reads_x=)
+
+    hidden       the widths of the hidden layers, a tuple of whole numbers
+    activation   a name in ACTIVATIONS
+    shape        the shape of one example x: (H, W) or (C, H, W) for images, (D,) for vectors
+    reads_x      whether the input starts with x (the guide's and cvae3's networks): its first
+                 prod(shape) values are one example, and anything after them (y, z) joins it
+
+A part never builds its network itself: it is handed a `Body` (the kind and its settings) and
+calls it with its own input and output sizes, so `--net conv` changes every network of every
+model without a line of model code.
+"""
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .errors import BadValue, UserError
+
+ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU,
+               "leaky-relu": nn.LeakyReLU}
+
+
+def activation(name):
+    if name not in ACTIVATIONS:
+        raise UserError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def widths(hidden):
+    """The hidden widths as a tuple: an int is one layer of that width (how runs before 0.2 record it)."""
+    layers = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    if not layers or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in layers):
+        raise BadValue(f"hidden must be a positive whole number or a list of them (one per layer), got {hidden!r}")
+    return layers
+
 
 class MLP(nn.Sequential):
-    """in_dim -> hidden (softplus) -> ... -> out_dim, as in Pyro's VAE example."""
+    """in_dim -> hidden (activation) -> ... -> out_dim; softplus, as in Pyro's VAE example.
 
-    def __init__(self, in_dim, hidden, out_dim, layers=1):
-        sizes = [in_dim] + [hidden] * layers
+    `hidden` is one width, or one width per layer; `layers` repeats a single width."""
+
+    def __init__(self, in_dim, hidden, out_dim, layers=1, activation_name="softplus"):
+        sizes = [in_dim] + list(widths(hidden) * layers if isinstance(hidden, int) else widths(hidden))
         blocks = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            blocks += [nn.Linear(a, b), nn.Softplus()]
+            blocks += [nn.Linear(a, b), activation(activation_name)()]
         super().__init__(*blocks, nn.Linear(sizes[-1], out_dim))
+
+
+def mlp(*, in_dim, out_dim, hidden=(400,), activation="softplus", shape=None, reads_x=False):
+    """A fully connected body: one Linear and activation per hidden width, then a Linear."""
+    return MLP(in_dim, widths(hidden), out_dim, activation_name=activation)
+
+
+class GatedDense(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c): the gated dense layer of Tomczak & Welling's VampPrior
+    networks (after Dauphin et al.'s gated linear units)."""
+
+    def __init__(self, in_dim, out_dim):
+        super().__init__()
+        self.value = nn.Linear(in_dim, out_dim)
+        self.gate = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x):
+        return self.value(x) * torch.sigmoid(self.gate(x))
+
+
+class Gated(nn.Module):
+    """Gated dense layers of the `hidden` widths, then a Linear: the VampPrior paper's body
+    (two gated layers of 300 units)."""
+
+    def __init__(self, *, in_dim, out_dim, hidden=(300, 300), activation="softplus", shape=None, reads_x=False):
+        super().__init__()
+        sizes = [in_dim] + list(widths(hidden))
+        self.layers = nn.Sequential(*(GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])))
+        self.out = nn.Linear(sizes[-1], out_dim)
+
+    def forward(self, x):
+        return self.out(self.layers(x))
+
+
+def image_shape(shape):
+    """(C, H, W) of an image shape (H, W) or (C, H, W), or a UserError for vectors."""
+    shape = tuple(shape or ())
+    if len(shape) == 2:
+        return (1,) + shape
+    if len(shape) == 3 and min(shape[1:]) >= 4:
+        return shape
+    raise UserError(f"--net conv is for images (H, W) or (C, H, W) of at least 4 x 4 pixels; this data's "
+                    f"examples have shape {shape}: use --net mlp or gated")
+
+
+class Conv(nn.Module):
+    """A convolutional body for images of any size and channel count, in the DCGAN-like shape
+    of the VAE literature. Its role follows from what it reads and writes:
+
+    - reading an image (`reads_x`: the first C*H*W inputs are the image, the rest, a label or a
+      latent, join after the convolutions): two stride-2 4x4 convolutions (32, 64 channels), then
+      fully connected layers of the `hidden` widths;
+    - writing an image (out_dim == C*H*W): fully connected layers to a 64-channel map of a
+      quarter of the size, then two stride-2 transposed convolutions, cropped to H x W;
+    - anything else (a prior network reading a label): the fully connected body."""
+
+    def __init__(self, *, in_dim, out_dim, hidden=(400,), activation="softplus", shape=None, reads_x=False):
+        super().__init__()
+        self.c, self.h, self.w = image_shape(shape)
+        pixels = self.c * self.h * self.w
+        act = globals()["activation"](activation)
+        self.role = "read" if reads_x else "write" if out_dim == pixels else "dense"
+        if self.role == "read":
+            self.features = nn.Sequential(nn.Conv2d(self.c, 32, 4, 2, 1), act(), nn.Conv2d(32, 64, 4, 2, 1), act(),
+                                          nn.Flatten())
+            n_features = 64 * (self.h // 4) * (self.w // 4)
+            self.head = MLP(n_features + in_dim - pixels, widths(hidden), out_dim, activation_name=activation)
+        elif self.role == "write":
+            self.h4, self.w4 = math.ceil(self.h / 4), math.ceil(self.w / 4)
+            self.head = MLP(in_dim, widths(hidden), 64 * self.h4 * self.w4, activation_name=activation)
+            self.act = act()
+            self.features = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), act(),
+                                          nn.ConvTranspose2d(32, self.c, 4, 2, 1))
+        else:
+            self.head = MLP(in_dim, widths(hidden), out_dim, activation_name=activation)
+
+    def forward(self, h):
+        lead = h.shape[:-1]
+        h = h.reshape(-1, h.shape[-1])
+        if self.role == "read":
+            pixels = self.c * self.h * self.w
+            image, rest = h[:, :pixels], h[:, pixels:]
+            out = self.head(torch.cat([self.features(image.reshape(-1, self.c, self.h, self.w)), rest], -1))
+        elif self.role == "write":
+            maps = self.act(self.head(h)).reshape(-1, 64, self.h4, self.w4)
+            out = self.features(maps)[:, :, :self.h, :self.w].reshape(len(h), -1)
+        else:
+            out = self.head(h)
+        return out.reshape(*lead, out.shape[-1])
+
+
+NETS = {"mlp": mlp, "gated": Gated, "conv": Conv}
+
+
+@dataclass(frozen=True)
+class Body:
+    """How a model's networks are built: `body(in_dim, out_dim)` gives one. `kind` is a net
+    constructor (an entry of NETS or one of your own); the rest are its settings."""
+
+    kind: object = mlp
+    hidden: tuple = (400,)
+    activation: str = "softplus"
+    shape: tuple | None = None
+    reads_x: bool = False
+
+    def __call__(self, in_dim, out_dim):
+        net = self.kind(in_dim=in_dim, out_dim=out_dim, hidden=self.hidden, activation=self.activation,
+                        shape=self.shape, reads_x=self.reads_x)
+        if not isinstance(net, nn.Module):
+            raise UserError(f"net {getattr(self.kind, '__qualname__', self.kind)!r} gave a {type(net).__name__}, "
+                            f"not an nn.Module")
+        return net
+
+    @property
+    def width(self):
+        """The first hidden width (what a part that sizes something else by it reads)."""
+        return self.hidden[0]
+
+
+def body(net):
+    """A Body from what a part is handed: a Body as it is, or a width (or list of widths) for the
+    fully connected body (so a part can be built by hand with net=128)."""
+    return net if isinstance(net, Body) else Body(hidden=widths(net))
 
 
 def cat(*inputs):

@@ -9,11 +9,13 @@ variable with event dim 1, so a model samples it inside its batch plate:
 
 Each kind is built with one keyword-only call, the same for every entry of its table:
 
-    prior:       Prior(z_dim=, c_dim=, hidden=)       c_dim == 0 when the model gives it no input
-    guide:       Guide(in_dim=, z_dim=, hidden=)
-    likelihood:  Likelihood(in_dim=, out_dim=, hidden=)
+    prior:       Prior(z_dim=, c_dim=, net=)       c_dim == 0 when the model gives it no input
+    guide:       Guide(in_dim=, z_dim=, net=)
+    likelihood:  Likelihood(in_dim=, out_dim=, net=)
 
-so a constructor (or class) of your own with parameters of those names, in any order, plugs in
+where `net(in_dim, out_dim)` builds the part's network (a `nets.Body`: the kind chosen with
+--net, its widths and activation; a part built by hand may be given a width, net=128). So a
+constructor (or class) of your own with parameters of those names, in any order, plugs in
 beside the built-in ones; so does a built module, or the import path "package.module:Name" of a
 constructor (how a run directory records a part of your own). What the rest of the package may
 read off a part besides its forward is the `PartContract` below.
@@ -29,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import BadType, UserError
-from .nets import MLP
+from .nets import body
 
 # --- priors -------------------------------------------------------------------------------
 
@@ -39,7 +41,7 @@ class StandardNormal(nn.Module):
 
     conditional = False
 
-    def __init__(self, *, z_dim, c_dim=0, hidden=0):
+    def __init__(self, *, z_dim, c_dim=0, net=None):
         super().__init__()
         self.register_buffer("loc", torch.zeros(z_dim))
 
@@ -53,7 +55,7 @@ class ClassMean(nn.Module):
 
     conditional = True
 
-    def __init__(self, *, z_dim, c_dim, hidden=0):
+    def __init__(self, *, z_dim, c_dim, net=None):
         super().__init__()
         self.means = nn.Linear(c_dim, z_dim, bias=False)
 
@@ -68,18 +70,18 @@ class GaussianNet(nn.Module):
 
     conditional = True
 
-    def __init__(self, *, in_dim, z_dim, hidden):
+    def __init__(self, *, in_dim, z_dim, net):
         super().__init__()
-        self.net = MLP(in_dim, hidden, 2 * z_dim)
+        self.net = body(net)(in_dim, 2 * z_dim)
 
     def forward(self, h):
         loc, raw_scale = self.net(h).chunk(2, dim=-1)
         return dist.Normal(loc, F.softplus(raw_scale) + 1e-5).to_event(1)
 
 
-def conditional_gaussian(*, z_dim, c_dim, hidden):
+def conditional_gaussian(*, z_dim, c_dim, net):
     """p(z|c): the Gaussian network of the prior's input c."""
-    return GaussianNet(in_dim=c_dim, z_dim=z_dim, hidden=hidden)
+    return GaussianNet(in_dim=c_dim, z_dim=z_dim, net=net)
 
 
 conditional_gaussian.conditional = True
@@ -90,7 +92,7 @@ class MixtureOfGaussians(nn.Module):
 
     conditional = False
 
-    def __init__(self, *, z_dim, c_dim=0, hidden=0, components=10):
+    def __init__(self, *, z_dim, c_dim=0, net=None, components=10):
         super().__init__()
         self.locs = nn.Parameter(torch.randn(components, z_dim))
         self.raw_scales = nn.Parameter(torch.zeros(components, z_dim))
@@ -108,7 +110,7 @@ class VampPrior(nn.Module):
 
     conditional = False
 
-    def __init__(self, *, z_dim, c_dim=0, hidden=0, pseudo_inputs=50):
+    def __init__(self, *, z_dim, c_dim=0, net=None, pseudo_inputs=50):
         super().__init__()
         self.pseudo_inputs = pseudo_inputs
         self.encoder = None
@@ -141,10 +143,10 @@ class LowRankGaussian(nn.Module):
     """q(z|h) = N(mu, W W^T + diag d) with W of rank `rank`: correlated posteriors.
     With rank = z_dim it is a full-covariance Gaussian."""
 
-    def __init__(self, *, in_dim, z_dim, hidden, rank=2):
+    def __init__(self, *, in_dim, z_dim, net, rank=2):
         super().__init__()
         self.z_dim, self.rank = z_dim, rank
-        self.net = MLP(in_dim, hidden, z_dim * (2 + rank))
+        self.net = body(net)(in_dim, z_dim * (2 + rank))
 
     def forward(self, h):
         out = self.net(h)
@@ -158,10 +160,10 @@ class FlowGuide(nn.Module):
     autoregressive flows (`pyro.distributions.transforms.affine_autoregressive`). Sampling
     and the density of its own samples each take one pass."""
 
-    def __init__(self, *, in_dim, z_dim, hidden, flows=2):
+    def __init__(self, *, in_dim, z_dim, net, flows=2):
         super().__init__()
-        self.base = GaussianNet(in_dim=in_dim, z_dim=z_dim, hidden=hidden)
-        self.flows = nn.ModuleList([T.affine_autoregressive(z_dim, hidden_dims=[max(hidden, 2 * z_dim)])
+        self.base = GaussianNet(in_dim=in_dim, z_dim=z_dim, net=net)
+        self.flows = nn.ModuleList([T.affine_autoregressive(z_dim, hidden_dims=[max(body(net).width, 2 * z_dim)])
                                     for _ in range(flows)])
 
     def forward(self, h):
@@ -174,9 +176,9 @@ class DeltaGuide(nn.Module):
 
     has_density = False
 
-    def __init__(self, *, in_dim, z_dim, hidden):
+    def __init__(self, *, in_dim, z_dim, net):
         super().__init__()
-        self.net = MLP(in_dim, hidden, z_dim)
+        self.net = body(net)(in_dim, z_dim)
 
     def forward(self, h):
         return dist.Delta(self.net(h), event_dim=1)
@@ -190,9 +192,9 @@ GUIDES = {"diagonal": GaussianNet, "lowrank": LowRankGaussian, "iaf": FlowGuide,
 class BernoulliDecoder(nn.Module):
     """p(x|h) = prod_i Bernoulli(x_i | sigmoid(logit_i(h))), for binarized pixels."""
 
-    def __init__(self, *, in_dim, out_dim, hidden):
+    def __init__(self, *, in_dim, out_dim, net):
         super().__init__()
-        self.net = MLP(in_dim, hidden, out_dim)
+        self.net = body(net)(in_dim, out_dim)
 
     def forward(self, h):
         return dist.Bernoulli(logits=self.net(h)).to_event(1)
@@ -208,11 +210,12 @@ class ContinuousBernoulliDecoder(BernoulliDecoder):
 
 class NormalDecoder(nn.Module):
     """p(x|h) = N(sigmoid(mean(h)), sigma^2) per pixel; sigma learned per pixel, or fixed
-    when `scale` is given. A density on grey pixels: its log-likelihoods can be positive."""
+    when `scale` is given. A density on grey pixels: its log-likelihoods can be positive.
+    (For real values outside [0, 1], `gaussian`.)"""
 
-    def __init__(self, *, in_dim, out_dim, hidden, scale=None):
+    def __init__(self, *, in_dim, out_dim, net, scale=None):
         super().__init__()
-        self.net = MLP(in_dim, hidden, out_dim)
+        self.net = body(net)(in_dim, out_dim)
         self.fixed_scale = scale
         if scale is None:
             self.raw_scale = nn.Parameter(torch.full((out_dim,), -1.0))
@@ -226,26 +229,62 @@ class NormalDecoder(nn.Module):
 class CategoricalDecoder(nn.Module):
     """p(y|h) = Categorical(softmax(logits(h))) over a one-hot y: a class label as the output."""
 
-    def __init__(self, *, in_dim, out_dim, hidden):
+    def __init__(self, *, in_dim, out_dim, net):
         super().__init__()
-        self.net = MLP(in_dim, hidden, out_dim)
+        self.net = body(net)(in_dim, out_dim)
 
     def forward(self, h):
         return dist.OneHotCategorical(logits=self.net(h))
+
+
+class GaussianDecoder(nn.Module):
+    """p(x|h) = N(mean(h), sigma^2) per value, the mean unbounded and sigma learned per value:
+    for real-valued data (standardised measurements, continuous covariates)."""
+
+    def __init__(self, *, in_dim, out_dim, net):
+        super().__init__()
+        self.net = body(net)(in_dim, out_dim)
+        self.raw_scale = nn.Parameter(torch.zeros(out_dim))
+
+    def scale(self):
+        return F.softplus(self.raw_scale) + 1e-3
+
+    def forward(self, h):
+        return dist.Normal(self.net(h), self.scale()).to_event(1)
+
+
+class StudentTDecoder(GaussianDecoder):
+    """p(x|h) = Student-t(nu, mean(h), sigma) per value, nu > 1 learned (one for all values):
+    real-valued data with heavy tails or outliers, which a Gaussian would chase."""
+
+    def __init__(self, *, in_dim, out_dim, net):
+        super().__init__(in_dim=in_dim, out_dim=out_dim, net=net)
+        self.raw_df = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, h):
+        df = 1.0 + F.softplus(self.raw_df)  # > 1, so the mean the figures draw exists
+        return dist.StudentT(df, self.net(h), self.scale()).to_event(1)
 
 
 LIKELIHOODS = {
     "bernoulli": BernoulliDecoder,
     "cbernoulli": ContinuousBernoulliDecoder,
     "normal": NormalDecoder,
+    "gaussian": GaussianDecoder,
+    "studentt": StudentTDecoder,
     "categorical": CategoricalDecoder,
 }
 
 
-# The likelihoods over pixels; "categorical" is over a class label.
-PIXEL_LIKELIHOODS = ("bernoulli", "cbernoulli", "normal")
-# Likelihoods over grey levels: the data pipeline binarizes pixels for every other one.
-GREY_LIKELIHOODS = ("cbernoulli", "normal")
+# The likelihoods of x; "categorical" is over a class label (cvae3's y).
+PIXEL_LIKELIHOODS = ("bernoulli", "cbernoulli", "normal", "gaussian", "studentt")
+# The likelihoods for values in [0, 1] (pixels), and those for any real value.
+UNIT_LIKELIHOODS = ("bernoulli", "cbernoulli", "normal")
+REAL_LIKELIHOODS = ("gaussian", "studentt")
+# Likelihoods over grey levels or real values: the data pipeline binarizes pixels for every other one.
+GREY_LIKELIHOODS = ("cbernoulli", "normal") + REAL_LIKELIHOODS
+# What cvae3 predicts y with, by what y is: a class label, attributes (0/1 each), covariates.
+Y_LIKELIHOODS = {"label": ("categorical",), "attributes": ("bernoulli",), "covariates": REAL_LIKELIHOODS}
 
 
 class PartContract(Protocol):
@@ -312,7 +351,11 @@ def make_part(kind, table, choice, **sizes):
     try:
         part = made(**sizes)
     except TypeError as e:  # not a constructor of this kind (e.g. builtins:print)
-        raise BadType(f"{kind} {name} cannot be built as {kind}({', '.join(f'{k}=' for k in sizes)}): {e}") from None
+        hint = ""
+        if "hidden" in str(e) or "'net'" in str(e):
+            hint = "; since 0.2 a part takes net= (call net(in_dim, out_dim) for its network) instead of hidden="
+        raise BadType(f"{kind} {name} cannot be built as {kind}({', '.join(f'{k}=' for k in sizes)}): {e}{hint}") \
+            from None
     if not isinstance(part, nn.Module):
         raise BadType(f"{kind} {name} gave a {type(part).__name__}, not an nn.Module whose forward returns a "
                       f"distribution")

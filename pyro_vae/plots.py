@@ -1,6 +1,7 @@
 """Plots: tensors in, PNG out (layer 7: imports only errors and files). What to draw is worked
 out from models in the runs layer (runs/figures.py); here it is only drawn."""
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -16,25 +17,42 @@ from .files import atomic_write  # noqa: E402
 
 
 def grid_canvas(images, shape, ncol, gap=0.0):
-    """(N, H*W) images in [0, 1] tiled into one array, `ncol` per row, a 1-pixel gap between
-    (white by default; `gap` is its grey level, 1 = black, shown with cmap gray_r)."""
+    """(N, prod(shape)) images in [0, 1] tiled into one array, `ncol` per row, a 1-pixel gap
+    between (white by default; `gap` is its grey level, 1 = black, shown with cmap gray_r).
+    Grey images (H, W) or (1, H, W) give a 2-D canvas; colour ones (3, H, W) an (., ., 3) one,
+    drawn in their own colours, with a white gap."""
+    shape = tuple(shape)
+    colour = len(shape) == 3 and shape[0] == 3
     images = images.detach().cpu().reshape(-1, *shape).numpy()
+    if colour:
+        images = images.transpose(0, 2, 3, 1)
+    elif len(shape) == 3:
+        images = images.reshape(len(images), *shape[-2:])
     nrow = -(-len(images) // ncol)
-    h, w = shape
-    canvas = np.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1), float(gap))
+    h, w = shape[-2:]
+    canvas = np.full((nrow * (h + 1) - 1, ncol * (w + 1) - 1) + ((3,) if colour else ()),
+                     1.0 if colour else float(gap))
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
     return canvas
 
 
+def show_canvas(ax, canvas):
+    """Grey canvases dark on white (cmap gray_r), colour ones as they are."""
+    if canvas.ndim == 3:
+        ax.imshow(np.clip(canvas, 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+
+
 def image_grid(images, shape, path, ncol, title=None, row_labels=None, gap=0.0):
-    """Save (N, H*W) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
+    """Save (N, prod(shape)) images in [0, 1] as a grid with `ncol` columns; rows may carry labels."""
     canvas = grid_canvas(images, shape, ncol, gap)
     nrow = -(-len(images) // ncol)
-    h, w = shape
+    h, w = tuple(shape)[-2:]
     fig, ax = plt.subplots(figsize=(ncol * 0.5 + 1.5, nrow * 0.5 + 0.9))  # half an inch per image
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    show_canvas(ax, canvas)
     ax.set_xticks([])
     if row_labels:
         ax.set_yticks([r * (h + 1) + h / 2 for r in range(nrow)], row_labels)
@@ -80,6 +98,81 @@ def _codes(ax, fig, z, labels, classes, xlabel, ylabel, title, s=4, fontsize=9, 
     ax.set_title(title, fontsize=fontsize)
 
 
+def vector_lines(rows, path, title, value_label, names=None):
+    """Examples that are vectors, not images: one small panel per example (rows: title ->
+    (N, D) tensor, drawn as one line each in every panel, e.g. data and reconstruction), the
+    values against their index."""
+    series = {k: torch.as_tensor(v).detach().cpu() for k, v in rows.items()}
+    n = min(len(v) for v in series.values())
+    ncol = min(4, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.3 * nrow + 0.6), squeeze=False, sharey=True)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        for (label, v), style in zip(series.items(), ("-", "--", ":", "-.")):
+            ax.plot(v[i].numpy(), style, marker="." if v.shape[1] <= 40 else None, label=label)
+        ax.set_title(f"example {i}", fontsize=9)
+        ax.grid(alpha=0.3)
+        if names is not None and len(names) <= 12:
+            ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45)
+    axes[0, 0].legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(value_label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def vector_heatmap(vectors, path, title, value_label, row_labels=None):
+    """(N, D) vectors as a heat map, one row per vector, with a labelled colour bar."""
+    v = torch.as_tensor(vectors).detach().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(min(12, 3 + 0.15 * v.shape[1]), 1.2 + min(7.0, 0.22 * len(v))))
+    bound = float(np.abs(v).max()) or 1.0
+    im = ax.imshow(v, aspect="auto", cmap="RdBu_r", vmin=-bound if v.min() < 0 else 0, vmax=bound,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax).set_label(value_label, fontsize=8)
+    ax.set_xlabel("value index")
+    if row_labels:  # one label per group of rows given the same y, with a line between groups
+        starts = [i for i, lab in enumerate(row_labels) if i == 0 or lab != row_labels[i - 1]]
+        ends = starts[1:] + [len(row_labels)]
+        ax.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, ends)], [row_labels[i] for i in starts], fontsize=7)
+        for i in starts[1:]:
+            ax.axhline(i - 0.5, color="k", lw=1)
+    else:
+        ax.set_ylabel("draw")
+    ax.set_title(textwrap.fill(title, 60), fontsize=9)
+    return save(fig, path)
+
+
+def latent_values(z, values, name, path, title):
+    """(N, Z) latent means coloured by a continuous value (a covariate or attribute), or one
+    colour when `values` is None; projected on two principal components when Z > 2."""
+    z2, axes = project(z)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if values is None:
+        ax.scatter(z2[:, 0], z2[:, 1], s=4, color="C0")
+    else:
+        sc = ax.scatter(z2[:, 0], z2[:, 1], c=torch.as_tensor(values).cpu(), cmap="viridis", s=4)
+        fig.colorbar(sc, ax=ax).set_label(name)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)
+
+
+def project(z):
+    """Two columns to plot of (N, Z) codes, and their axis names."""
+    z = torch.as_tensor(z).cpu()
+    if z.shape[1] > 2:
+        centred = z - z.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        return centred @ v[:2].T, ("principal component 1 of E[z|x]", "principal component 2")
+    if z.shape[1] == 1:
+        return torch.cat([z, torch.zeros_like(z)], 1), ("z[0]", "(one latent unit)")
+    return z, ("z[0]", "z[1]")
+
+
 def latent_scatter(z, labels, classes, path, title):
     """(N, Z) latent means coloured by label; projected on their first two principal components
     when Z > 2."""
@@ -107,7 +200,7 @@ def codes_and_draws(columns, classes, shape, path):
         ax.add_patch(plt.Circle((0, 0), 2, fill=False, ls="--", color="k", lw=1))
         ax.set_aspect("equal", adjustable="datalim")
         ax = axes[1, col]
-        ax.imshow(grid_canvas(images, shape, int(np.sqrt(len(images)))), cmap="gray_r", vmin=0, vmax=1)
+        show_canvas(ax, grid_canvas(images, shape, int(np.sqrt(len(images)))))
         ax.set_title(f"{name}: decoded z ~ N(0, I)", fontsize=10)
         ax.axis("off")
     return save(fig, path, dpi=100)
@@ -118,10 +211,9 @@ def labelled_panels(panels, classes, shape, per_class, path):
     one row per class, rows labelled with the class names."""
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (per_class * 0.42 + 0.4) + 1.0,
                                                        len(classes) * 0.42 + 0.8), squeeze=False)
-    h, w = shape
+    h, w = tuple(shape)[-2:]
     for ax, (title, images) in zip(axes[0], panels.items()):
-        ax.imshow(grid_canvas(images, shape, per_class, gap=0.25), cmap="gray_r", vmin=0, vmax=1,
-                  interpolation="nearest")
+        show_canvas(ax, grid_canvas(images, shape, per_class, gap=0.25))
         ax.set_xticks([])
         ax.set_yticks([r * (h + 1) + h / 2 for r in range(len(classes))], classes, fontsize=8)
         ax.tick_params(left=False)

@@ -44,7 +44,7 @@ def test_unknown_name_in_the_api_raises_user_error(tmp_path, setting, value, val
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--model", "cvae3", "--likelihood", "bernoulli"], "cvae3 predicts the class label"),
+    (["--model", "cvae3", "--likelihood", "bernoulli"], "cvae3 predicts y, here label"),
     (["--model", "vae", "--likelihood", "categorical"], "only fits cvae3"),
     (["--resume", "RUN", "--model", "cvae1"], "--resume"),
 ])

@@ -87,7 +87,7 @@ def test_missing_data_set_names_the_places_and_the_fix(tmp_path):
 
 
 def test_unknown_data_set_lists_the_valid_ones():
-    with pytest.raises(UserError, match="choose from digits, mnist, fashion-mnist, kmnist"):
+    with pytest.raises(UserError, match="not one of digits, mnist, fashion-mnist, kmnist, and no such file"):
         load_dataset("cifar")
 
 

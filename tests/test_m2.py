@@ -88,7 +88,7 @@ def test_a_mixed_batch_is_the_labelled_loss_plus_the_unlabelled_one():
 class LinearGaussian(nn.Module):
     """p(x|z,y) = N(W z + B y, s^2 I): with p(z) = N(0, I), p(x|y) = N(B y, W W^T + s^2 I) exactly."""
 
-    def __init__(self, *, in_dim, out_dim, hidden):
+    def __init__(self, *, in_dim, out_dim, net):
         super().__init__()
         torch.manual_seed(1)
         self.w = nn.Parameter(torch.randn(out_dim, Z))
@@ -124,7 +124,7 @@ class Posterior(nn.Module):
 
 
 def linear_gaussian_m2(inflate):
-    likelihood = LinearGaussian(in_dim=Z + C, out_dim=X, hidden=0)
+    likelihood = LinearGaussian(in_dim=Z + C, out_dim=X, net=None)
     model = small_m2(likelihood=likelihood, guide=Posterior(likelihood, inflate)).eval()
     pyro.set_rng_seed(5)
     x = likelihood(torch.cat([torch.randn(8, Z), F.one_hot(torch.arange(8) % C, C).float()], -1)).sample()

@@ -172,13 +172,13 @@ def test_iwae_bound_rises_with_k_on_a_trained_model(digits):
 # --- a prior and a guide written in user code, plugged in without editing the package -----------
 
 
-def student_t_guide(in_dim, hidden, z_dim):
-    """A user's guide as a plain function with the Guide(in_dim, hidden, z_dim) signature."""
+def student_t_guide(in_dim, net, z_dim):
+    """A user's guide as a plain function with the Guide(in_dim, net, z_dim) signature."""
 
     class StudentT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = MLP(in_dim, hidden, 2 * z_dim)
+            self.net = net(in_dim, 2 * z_dim)
 
         def forward(self, h):
             loc, raw = self.net(h).chunk(2, -1)

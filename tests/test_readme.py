@@ -60,13 +60,22 @@ def run_python_blocks(tmp_path):
     assert os.path.isdir(tmp_path / "runs")
 
 
+def file_blocks():
+    """The README's files of the user's: python blocks whose first line is `# NAME.py`."""
+    return {m.group(1) + ".py": block for block in python_blocks()
+            if (m := re.fullmatch(r"# (\w+)\.py", block.splitlines()[0].strip()))}
+
+
 def shell_commands():
     """Every `pyro-vae ...` and `torchrun ...` line of README.md's bash blocks, comments removed,
-    except `pyro-vae download` (the internet; tests/test_data.py runs it against a local server)."""
+    except `pyro-vae download` (the internet; tests/test_data.py runs it against a local server),
+    and every `python NAME.py` line that runs one of the README's files."""
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
         for line in block.splitlines():
             command = line.split("  #")[0].strip()
+            if command.startswith("python ") and command.split()[1] in file_blocks():
+                lines.append(command)
             if command.startswith(("pyro-vae ", "torchrun ")) or command == "pyro-vae":
                 if not command.startswith("pyro-vae download"):
                     lines.append(command)
@@ -94,7 +103,14 @@ def test_readme_shell_commands_run(tmp_path, monkeypatch):
     assert len(commands) >= 12
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the reference classifier's cache
+    for name, text in file_blocks().items():
+        (tmp_path / name).write_text(text)
     for command in commands:
+        if command.startswith("python "):
+            done = subprocess.run([sys.executable, *shlex.split(command)[1:]], capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, (command, done.stderr[-2000:])
+            continue
         args = small_command(command)
         if args[0] == "torchrun":
             env = {**os.environ, "OMP_NUM_THREADS": "1"}

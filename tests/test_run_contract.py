@@ -158,7 +158,7 @@ def test_trainer_calls_its_callbacks_in_order_and_continues_from_its_state(tiny_
 class RaisingGuide(nn.Module):
     """A guide with a bug: it raises ValueError for a reason that has nothing to do with numbers."""
 
-    def __init__(self, *, in_dim, z_dim, hidden):
+    def __init__(self, *, in_dim, z_dim, net):
         super().__init__()
         self.net = nn.Linear(in_dim, 2 * z_dim)
 

@@ -14,26 +14,36 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data import DATASETS
+from pathlib import Path
+
+from ..data import CONDITIONS, DATASETS, is_builtin
 from ..errors import BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number
 from ..models import model_class
+from ..nets import ACTIVATIONS, NETS, widths
 from ..objectives import ELBOS
-from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, import_object, import_path
+from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, REAL_LIKELIHOODS, UNIT_LIKELIHOODS, Y_LIKELIHOODS, import_object, import_path
 
 # Sizes that fit each data set, used where a setting is left as None.
 DATASET_DEFAULTS = {
     "digits": {"z_dim": 8, "hidden": 128, "epochs": 100, "batch_size": 64},
     "28x28": {"z_dim": 50, "hidden": 400, "epochs": 20, "batch_size": 256},
+    "files": {"z_dim": 16, "hidden": 256, "epochs": 50, "batch_size": 128},  # your own data: a start
 }
+
+# A data set value that starts with this names a file inside the run directory (the copy `train`
+# keeps of a Dataset handed to it in memory).
+IN_RUN = "run:"
 
 # What `--resume` may change: the rest comes from the run's config.json, or it would not be the
 # same run. (A new lr or clip_grad, to get past a divergence, makes it differ from an uninterrupted run.)
 RESUMABLE = ("epochs", "device", "data_dir", "lr", "clip_grad")
 
 # Settings that decide the model's shape and meaning: a checkpoint must agree with config.json on them.
-ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide")
+ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide", "net", "activation",
+                "encoder_net", "decoder_net", "prior_net", "condition")
 
 PARTS = ("likelihood", "prior", "guide")
+NET_ROLES = ("encoder_net", "decoder_net", "prior_net")
 
 
 @dataclass
@@ -48,7 +58,13 @@ class Config:
     batch_size: int | None = None
     lr: float = 1e-3
     z_dim: int | None = None
-    hidden: int | None = None
+    hidden: int | list | None = None  # one width, or one per hidden layer
+    net: str = "mlp"  # the body of every network: mlp, gated, conv, or "module:Name" of your own
+    activation: str = "softplus"
+    encoder_net: str | None = None  # another body for one role (None: net)
+    decoder_net: str | None = None
+    prior_net: str | None = None
+    condition: str | None = None  # what conditional models read as y: label, attributes, covariates (None: inferred)
     likelihood: str | None = None
     prior: str | None = None
     guide: str | None = None
@@ -73,19 +89,44 @@ class Config:
         """A setting as training uses it now: the last --resume change of it, else its value."""
         return next((c[name] for c in reversed(self.changes) if name in c), getattr(self, name))
 
-    def resolved(self):
-        """A copy with the defaults filled in, parts of your own as import paths, every value checked."""
+    def resolved(self, data=None):
+        """A copy with the defaults filled in, parts of your own as import paths, every value checked.
+        Given the loaded `data`, also what follows from it: the condition, a likelihood that fits
+        the data (gaussian for real values; for cvae3, the one over what y is), and the checks that
+        the model and the data fit each other (`check_fit`)."""
         self.check_types()
         cls = model_class(self.model)
-        for what, value, valid in [("data set", self.dataset, DATASETS), ("objective", self.elbo or "trace", ELBOS)]:
-            if value not in valid:
-                raise UserError(f"unknown {what} {value!r}; choose from {', '.join(valid)}")
+        if self.dataset not in DATASETS and not self.dataset.startswith(("torchvision:", IN_RUN)):
+            if not Path(self.dataset).exists():
+                raise UserError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}, or give a "
+                                f".npz or .npy file or a folder of images")
+            self = dataclasses.replace(self, dataset=str(Path(self.dataset).resolve()))  # found from any folder
+        if (self.elbo or "trace") not in ELBOS:
+            raise UserError(f"unknown objective {self.elbo!r}; choose from {', '.join(ELBOS)}")
         if isinstance(self.likelihood, str) and ":" not in self.likelihood and self.likelihood not in LIKELIHOODS:
             raise UserError(f"unknown likelihood {self.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
-        defaults = DATASET_DEFAULTS["digits" if self.dataset == "digits" else "28x28"]
+        for name, value in [("net", self.net)] + [(r, getattr(self, r)) for r in NET_ROLES]:
+            if isinstance(value, str) and ":" not in value and value not in NETS:
+                raise UserError(f"unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(NETS)}, or give "
+                                f"module:Name of your own")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.condition is not None and self.condition not in CONDITIONS:
+            raise UserError(f"unknown condition {self.condition!r}; choose from {', '.join(CONDITIONS)}")
+        defaults = DATASET_DEFAULTS["digits" if self.dataset == "digits" else
+                                    "28x28" if is_builtin(self.dataset) else "files"]
         filled = {k: defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k)
                   for k in self.to_dict()}
+        if data is not None:
+            filled["condition"] = data.condition
+            if filled["likelihood"] is None and cls.observed == "y" and data.condition in Y_LIKELIHOODS:
+                filled["likelihood"] = Y_LIKELIHOODS[data.condition][0]
+            elif filled["likelihood"] is None and data.kind == "real":
+                filled["likelihood"] = REAL_LIKELIHOODS[0]
         filled.update({kind: recorded_part(kind, filled[kind]) for kind in PARTS})
+        filled.update({role: recorded_part(role.replace("_", " "), filled[role]) for role in ("net",) + NET_ROLES})
+        if isinstance(filled["hidden"], (list, tuple)):
+            filled["hidden"] = list(widths(filled["hidden"]))
         filled.update(cls.choose_parts(**{kind: filled[kind] for kind in PARTS}))
         c = Config(**filled)
         c.elbo = c.elbo or cls.defaults["elbo"]
@@ -103,8 +144,11 @@ class Config:
         if c.model == "m2" and c.labels is None:
             c.labels = "all"
         non_negative_number("alpha", c.alpha)
-        for name in ("epochs", "batch_size", "z_dim", "hidden", "particles"):
+        for name in ("epochs", "batch_size", "z_dim", "particles"):
             positive_int(name, getattr(c, name))
+        widths(c.hidden)
+        if data is not None:
+            check_fit(c, data)
         for name in ("lr", "clip_grad"):
             if getattr(c, name) is not None:
                 positive_number(name, getattr(c, name))
@@ -130,7 +174,7 @@ class Config:
                 check_change(change)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in PARTS and (callable(value) or isinstance(value, nn.Module)):
+            if f.name in PARTS + ("net",) + NET_ROLES and (callable(value) or isinstance(value, nn.Module)):
                 continue  # a part of your own, in memory: recorded by import path in resolved()
             if not has_type(value, f.type):
                 kinds = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
@@ -164,6 +208,27 @@ def check_change(change, where="changes: "):
         positive_number(f"{where}lr", change["lr"])
     if change.get("clip_grad") is not None:
         positive_number(f"{where}clip_grad", change["clip_grad"])
+
+
+def check_fit(config, data):
+    """Refuse, in one line before training, a model that cannot read this data or a likelihood
+    that cannot describe it."""
+    cls = model_class(config.model)
+    name = config.model
+    if cls.conditional and data.condition is None:
+        raise UserError(f"{name} conditions on y, and {data.name} has no class labels and no y; give labels or y "
+                        f"with the data, or use vae")
+    if config.model == "m2" and data.condition != "label":
+        raise UserError(f"m2's y is a class label it can sum out; {data.name} conditions on {data.condition}")
+    lik = config.likelihood
+    if cls.observed == "y":
+        wanted = Y_LIKELIHOODS.get(data.condition, ())
+        if isinstance(lik, str) and ":" not in lik and lik not in wanted:
+            raise UserError(f"{name} predicts y, here {data.condition}: its likelihood is {' or '.join(wanted)}, "
+                            f"not {lik}")
+    elif data.kind == "real" and lik in UNIT_LIKELIHOODS:
+        raise UserError(f"{data.name}: x holds real values ({data.facts.get('scaling', 'standardised')}); the {lik} "
+                        f"likelihood is for pixels in [0, 1]: use --likelihood {' or '.join(REAL_LIKELIHOODS)}")
 
 
 def has_type(value, annotation):

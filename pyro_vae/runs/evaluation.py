@@ -5,10 +5,12 @@ from pathlib import Path
 
 from ..errors import positive_int
 from ..files import check_writable, write_json
-from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy, elbo_per_example, importance_sampled,
+from ..data import is_builtin
+from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy, condition_agreement, elbo_per_example,
+                          importance_sampled,
                           importance_sampled_over_labels, label_fidelity, latent_means)
 from ..models import model_inputs
-from .classifier import reference_classifier
+from .classifier import reference_classifier, reference_predictor
 from .store import load_run
 
 
@@ -50,11 +52,16 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
                       note="delta guide: test_elbo is log p(x, z*) at the code z* = f(x); "
                            "a point mass has no density, so there is no importance-sampled estimate")
     result.update(active_units=active_units(latent_means(model, *args)))
-    if model.observed == "y" and config.likelihood == "categorical":  # cvae3 as a classifier
+    if model.observed == "y" and data.condition == "label":  # cvae3 as a classifier
         result["test_accuracy"] = accuracy(model, x, labels)
         result["test_accuracy_mc"] = accuracy(model, x, labels, particles=mc_particles)
         result["mc_particles"] = mc_particles
-    if model.conditional and model.observed == "x" and fidelity_samples:
+    if model.conditional and model.observed == "x" and data.condition in ("attributes", "covariates"):
+        result.update(condition_agreement(model, data, reference_predictor(data, progress=progress)))
+    elif model.conditional and model.observed == "x" and fidelity_samples and not is_builtin(config.dataset):
+        result.update(label_fidelity(model, data, reference_predictor(data, progress=progress),
+                                     per_class=fidelity_samples))
+    elif model.conditional and model.observed == "x" and fidelity_samples:
         reference = reference_classifier(config.dataset, config.data_dir, device=x.device, path=classifier,
                                          progress=progress)
         result.update(label_fidelity(model, data, reference, per_class=fidelity_samples))

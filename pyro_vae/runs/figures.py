@@ -9,6 +9,7 @@ import pyro
 import torch
 
 from .. import plots
+from ..data import is_builtin
 from ..errors import UserError, positive_int
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
@@ -17,42 +18,101 @@ from .store import load_run, read_metrics
 MAX_DRAWS = 4096  # a 64 x 64 grid: beyond it a figure is unreadable and its canvas needs gigabytes
 
 
-def sample_grid(model, data, path, n=64, label=None):
-    """Decoded draws from the prior (mean images). A conditional model gets one row per class,
-    or only class `label`; rows are labelled with the class names."""
+ROWS = 8  # rows of a figure conditioned on attributes or covariates
+
+
+def condition_rows(data, rows=ROWS):
+    """(c values (rows, D), row labels) to condition samples on where y is not a class label:
+    covariates: the first one swept over its test 5%..95% quantiles, the others at their medians;
+    attributes: the first `rows` distinct attribute vectors of the test split."""
+    c = data.splits["test"][1]
+    names = data.y_names or [f"y{k}" for k in range(c.shape[1])]
+    if data.condition == "covariates":
+        values = c.median(0).values.repeat(rows, 1)
+        values[:, 0] = torch.quantile(c[:, 0], torch.linspace(0.05, 0.95, rows, device=c.device))
+        return values, [f"{names[0]} = {v:.3g}" for v in values[:, 0].tolist()]
+    values = torch.unique(c, dim=0)[:rows] if len(c) else c
+    labels = [", ".join(n for n, on in zip(names, row.tolist()) if on) or "(none)" for row in values]
+    return values, [text if len(text) < 28 else text[:25] + "..." for text in labels]
+
+
+def what_y(data, c):
+    """How a title names the y a figure was drawn for."""
+    if data.condition == "label":
+        return f"class {data.classes[int(c)]}"
+    names = data.y_names or [f"y{k}" for k in range(len(c))]
+    return ", ".join(f"{n}={v:.3g}" for n, v in zip(names, c.tolist()))
+
+
+def draw_examples(values, data, path, ncol, title, row_labels=None):
+    """Images as a grid; vectors as a heat map (one row per draw)."""
+    if data.is_image:
+        return plots.image_grid(values, data.shape, path, ncol, title=title, row_labels=row_labels)
+    labels = [lab for lab in row_labels for _ in range(ncol)] if row_labels else None
+    return plots.vector_heatmap(values, path, title, value_label(data), row_labels=labels)
+
+
+def value_label(data):
+    return "value (standardised)" if data.kind == "real" else "value"
+
+
+def sample_grid(model, data, path, n=64, label=None, given=None):
+    """Decoded draws from the prior (mean of p(x|z,.)). A conditional model gets one row per
+    class (or per attribute vector or covariate value: `condition_rows`), or only class `label`,
+    or only the attributes or covariates `given`; rows are labelled with what they were given."""
     device = next(model.parameters()).device
     name = type(model).__name__
     if model.conditional:
-        labels = list(range(data.n_classes)) if label is None else [label]
-        per_row = -(-n // len(labels))  # every class gets a full row: n rounded up to a multiple of the classes
-        y = torch.tensor(labels, device=device).repeat_interleave(per_row)
+        if given is not None:
+            c, labels = torch.as_tensor([given], dtype=torch.float32, device=device), None
+            heading = what_y(data, c[0])
+        elif label is not None:
+            c, labels, heading = torch.tensor([label], device=device), None, f"class {data.classes[label]}"
+        elif data.condition == "label":
+            c, labels, heading = torch.arange(data.n_classes, device=device), list(data.classes), "one row per class"
+        else:
+            c, labels = condition_rows(data)
+            heading = f"one row per {'value of ' + (data.y_names or ['y0'])[0] if data.condition == 'covariates' else 'attribute vector'}"
+        one = len(c) == 1
+        per_row = int(np.ceil(np.sqrt(n))) if one else -(-n // len(c))  # every row full: n rounded up
+        y = c.repeat_interleave(n if one else per_row, dim=0)
         means, _ = decode(model, *model_inputs(model, torch.zeros(len(y), data.x_dim, device=device), y,
                                                data.n_classes))
-        return plots.image_grid(means, data.shape, path, per_row if label is None else int(np.ceil(np.sqrt(n))),
-                                title=f"{name}: z from its prior (given y), decoded (mean image), "
-                                      + ("one row per class" if label is None else f"class {data.classes[label]}"),
-                                row_labels=[data.classes[k] for k in labels] if label is None else None)
+        return draw_examples(means, data, path, per_row, f"{name} on {data_title(data)}: z from its prior given y, "
+                             f"decoded (mean), {heading}", row_labels=labels)
     means, _ = decode(model, torch.zeros(n, data.x_dim, device=device))
-    return plots.image_grid(means, data.shape, path, int(np.ceil(np.sqrt(n))),
-                            title=f"{name}: z ~ p(z), decoded (mean image)")
+    return draw_examples(means, data, path, int(np.ceil(np.sqrt(n))),
+                         f"{name} on {data_title(data)}: z ~ p(z), decoded (mean)")
+
+
+def data_title(data):
+    return data.name if is_builtin(data.name) else Path(data.name).name
 
 
 def reconstructions(model, data, path, n=16):
-    """Test images (top row) above the mean of p(x|z) at z = the guide's mean (bottom row)."""
+    """Test examples above the mean of p(x|z) at z = the guide's mean: images as two rows,
+    vectors as a line each in one panel per example."""
     x, labels = data.splits["test"]
+    n = min(n, len(x))
     args = model_inputs(model, x[:n], labels[:n], data.n_classes)
     recon, _ = decode(model, *args, z=latent_means(model, *args))
-    return plots.image_grid(torch.cat([x[:n], recon]), data.shape, path, n,
-                            title="test images (top) and reconstructions (bottom)", row_labels=["data", "recon"])
+    title = f"{type(model).__name__} on {data_title(data)}: test examples and reconstructions (mean of p(x|z) at E[z|x])"
+    if not data.is_image:
+        return plots.vector_lines({"data": x[:8], "reconstruction": recon[:8]}, path, title, value_label(data))
+    return plots.image_grid(torch.cat([x[:n], recon]), data.shape, path, n, title=title, row_labels=["data", "recon"])
 
 
 def latent_figure(model, data, path, n=5000):
-    """Test examples at their guide means, coloured by label."""
+    """Test examples at their guide means, coloured by label (or by the first covariate or attribute)."""
     x, labels = data.splits["test"]
     z = latent_means(model, *model_inputs(model, x[:n], labels[:n], data.n_classes))
-    return plots.latent_scatter(z, labels[:n], data.classes, path,
-                                f"{type(model).__name__} latent space, {data.name} test set "
-                                f"({active_units(z)} of {z.shape[1]} units active)")
+    title = (f"{type(model).__name__} latent space, {data_title(data)} test set "
+             f"({active_units(z)} of {z.shape[1]} units active)")
+    if data.condition == "label":
+        return plots.latent_scatter(z, labels[:n], data.classes, path, title)
+    if data.condition is None:
+        return plots.latent_values(z, None, None, path, title)
+    return plots.latent_values(z, labels[:n, 0], f"{(data.y_names or ['y0'])[0]} (colour)", path, title)
 
 
 def run_figures(model, data, history, run_dir):
@@ -66,14 +126,24 @@ def run_figures(model, data, history, run_dir):
     latent_figure(model, data, run_dir / "latent.png")
 
 
-def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", replace=False):
+def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", replace=False, attributes=None,
+               covariates=None):
     """Draw a PNG grid of samples from a saved run into a new file; returns its path. The default
     name says what it holds (RUN_DIR/samples-n64-seed0.png, samples-label3-n64-seed0.png); an
-    existing file is replaced only with `replace`. At most MAX_DRAWS draws."""
+    existing file is replaced only with `replace`. At most MAX_DRAWS draws. A conditional model
+    draws for one class `label`, or for the `attributes` or `covariates` given (lists of numbers,
+    one per value of y)."""
     positive_int("n", n)
     if n > MAX_DRAWS:
         raise UserError(f"n {n} is more draws than one figure shows; at most {MAX_DRAWS}")
-    name = f"samples-{'' if label is None else f'label{label}-'}n{n}-seed{seed}.png"
+    asked = [(k, v) for k, v in (("label", label), ("attributes", attributes), ("covariates", covariates))
+             if v is not None]
+    if len(asked) > 1:
+        raise UserError(f"give one of --label, --attributes, --covariates, not {' and '.join('--' + k for k, _ in asked)}")
+    given = attributes if attributes is not None else covariates
+    tag = "" if not asked else f"label{label}-" if label is not None else \
+        f"{asked[0][0]}{'_'.join(f'{v:g}' for v in given)}-"
+    name = f"samples-{tag}n{n}-seed{seed}.png"
     out = Path(out) if out is not None else Path(run_dir) / name
     check_figure_path(out)
     if out.exists() and not replace:
@@ -81,12 +151,22 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
     model, config, data = load_run(run_dir, device)
     if model.observed != "x":
         raise UserError(f"{config.model} predicts y from x; it has no images to sample")
+    if asked and not model.conditional:
+        raise UserError(f"{config.model} is not conditional; --{asked[0][0]} needs cvae1, cvae2, cvae4 or m2")
+    if asked and asked[0][0] != {"label": "label", "attributes": "attributes", "covariates": "covariates"}.get(
+            data.condition):
+        raise UserError(f"this run conditions on {data.condition}: --{asked[0][0]} does not apply")
     if label is not None and not 0 <= label < data.n_classes:
         raise UserError(f"label {label} out of range 0..{data.n_classes - 1}")
-    if label is not None and not model.conditional:
-        raise UserError(f"{config.model} is not conditional; --label needs cvae1, cvae2, cvae4 or m2")
+    if given is not None:
+        given = [float(v) for v in given]
+        if len(given) != data.y_dim or not all(np.isfinite(given)):
+            raise UserError(f"--{asked[0][0]} takes {data.y_dim} finite numbers ({', '.join(data.y_names or [])}), "
+                            f"got {len(given)}")
+        if attributes is not None and set(given) - {0.0, 1.0}:
+            raise UserError("--attributes are 0 or 1 each")
     pyro.set_rng_seed(seed)
-    return sample_grid(model, data, out, n=n, label=label)
+    return sample_grid(model, data, out, n=n, label=label, given=given)
 
 
 def redraw_run(run_dir, device="auto"):

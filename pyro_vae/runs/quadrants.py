@@ -77,7 +77,7 @@ class Baseline(nn.Module):
 
     def __init__(self, x_dim, hidden, given):
         super().__init__()
-        self.decoder = HiddenPixels(BernoulliDecoder(in_dim=x_dim, out_dim=x_dim, hidden=hidden), given)
+        self.decoder = HiddenPixels(BernoulliDecoder(in_dim=x_dim, out_dim=x_dim, net=hidden), given)
 
     def model(self, x, y):
         pyro.module("decoder", self.decoder)

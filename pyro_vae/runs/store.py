@@ -26,7 +26,8 @@ from ..data import load_dataset
 from ..errors import UserError, finite
 from ..files import atomic_write, is_temporary, write_error, write_json, write_reason
 from ..models import build_model
-from .config import ARCHITECTURE, Config, resolve_device
+from ..nets import widths
+from .config import ARCHITECTURE, IN_RUN, NET_ROLES, Config, resolve_device
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
 MAX_CONFIG_BYTES = 1 << 20
@@ -34,7 +35,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 # The files a run directory may hold, all written by this package; --overwrite deletes only these.
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "eval.json", "samples.png", "reconstructions.png",
-             "elbo.png", "latent.png", "labelled.json")
+             "elbo.png", "latent.png", "labelled.json", "data.json", "data.npz")
 LOCK_FILE = ".pyro-vae.lock"
 
 
@@ -359,7 +360,7 @@ def check_checkpoint_config(state, config, path):
     except (KeyError, TypeError, ValueError, RecursionError):
         raise UserError(f"{path}: checkpoint has no readable configuration") from None
     wrong = [f"{k} {saved.get(k)!r} (config.json: {getattr(config, k)!r})"
-             for k in ARCHITECTURE if saved.get(k) != getattr(config, k)]
+             for k in ARCHITECTURE if k in saved and not same_setting(k, saved[k], getattr(config, k))]
     if wrong:
         raise UserError(f"{path} comes from another model or configuration: {', '.join(wrong)}")
 
@@ -372,10 +373,22 @@ def load_weights(model, state, path):
                         f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
 
+def same_setting(key, saved, now):
+    """Whether a checkpoint's architecture setting is config.json's: a condition recorded as None
+    (before it was recorded) is the one inferred; one width is a list of one."""
+    if key == "condition" and saved is None:
+        return True
+    if key == "hidden" and saved is not None and now is not None:
+        return widths(saved) == widths(now)
+    return saved == now
+
+
 def model_for(config, data):
     """The model a config describes, sized for the data set."""
-    model = build_model(config.model, data.x_dim, data.n_classes, z_dim=config.z_dim, hidden=config.hidden,
-                        likelihood=config.likelihood, prior=config.prior, guide=config.guide)
+    model = build_model(config.model, data.x_dim, data.y_dim, z_dim=config.z_dim, hidden=config.hidden,
+                        likelihood=config.likelihood, prior=config.prior, guide=config.guide, net=config.net,
+                        activation=config.activation, shape=data.shape,
+                        nets={r.removesuffix("_net"): getattr(config, r) for r in NET_ROLES})
     if hasattr(model, "alpha"):  # m2's auxiliary weight
         model.alpha = config.alpha
     return model
@@ -402,13 +415,47 @@ def read_config(run_dir):
         raise type(e)(f"{run_dir}/config.json: {e}") from None
 
 
+DATA_FILE = "data.json"  # what the run's data was: source, checksum, scaling, test split, condition
+
+
+def run_data(config, device, run_dir=None):
+    """The data set of a run's config, on `device`. A data set in the run directory ("run:NAME")
+    is read from `run_dir`; a data file's checksum is checked against the run's data.json, so a
+    run is never scored on data that changed under it."""
+    name = config.dataset
+    if name.startswith(IN_RUN):
+        if run_dir is None:
+            raise UserError(f"data set {name!r} is a file in a run directory: give the run")
+        name = str(Path(run_dir) / name[len(IN_RUN):])
+    data = load_dataset(name, config.data_dir, device, binarize=config.binarizes, val_size=config.val_size,
+                        train_size=config.train_size, seed=config.seed, labels=config.labels,
+                        condition=config.condition)
+    recorded = Path(run_dir) / DATA_FILE if run_dir is not None else None
+    if recorded is not None and recorded.is_file() and "sha256" in data.facts:
+        try:
+            then = json.loads(recorded.read_text()).get("sha256")
+        except (ValueError, OSError, AttributeError):
+            raise UserError(f"{recorded} is not readable JSON") from None
+        if then and then != data.facts["sha256"]:
+            raise UserError(f"{data.facts['source']} changed since this run was trained (sha256 {then[:12]}... then, "
+                            f"{data.facts['sha256'][:12]}... now): its numbers would not be this run's")
+    return data
+
+
+def write_data_facts(run_dir, data):
+    """data.json: where the run's data came from and how it was read (and its checksum)."""
+    facts = {"dataset": data.name, "shape": list(data.shape), "kind": data.kind, "condition": data.condition,
+             "classes": data.classes, "y_names": data.y_names,
+             "examples": {s: len(data.splits[s][0]) for s in ("train", "val", "test")}, **data.facts}
+    write_json(Path(run_dir) / DATA_FILE, facts)
+
+
 def load_run(run_dir, device="auto"):
     """(model with trained weights, config, data set) of a finished or interrupted run."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     device = resolve_device(device)
-    data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
-                        val_size=config.val_size, train_size=config.train_size, seed=config.seed, labels=config.labels)
+    data = run_data(config, device, run_dir)
     model = model_for(config, data).to(device)
     path = run_dir / "checkpoint.pt"
     state = load_checkpoint(path, model, config)

@@ -17,16 +17,16 @@ import pyro
 import torch
 
 from .. import distributed
-from ..data import load_dataset
+from ..data import Dataset, load_source
 from ..errors import Diverged, Interrupted, Terminated, UserError
-from ..files import write_json
+from ..files import atomic_write, write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
-from .config import RESUMABLE, Config, check_change, resolve_device
+from .config import IN_RUN, RESUMABLE, Config, check_change, resolve_device
 from .figures import run_figures
 from .store import (RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
-                    prepare_run_dir, read_config, restore, save_checkpoint, write_metrics)
+                    prepare_run_dir, read_config, restore, run_data, save_checkpoint, write_data_facts, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
 # SIGKILL 30 s after SIGTERM by default).
@@ -47,12 +47,21 @@ def train(config=None, out=None, progress=True, resume=None, overwrite=False, gr
     SIGTERM (a scheduler's notice) finishes the current epoch if it ends within `grace` seconds,
     else stops at once; either way the last finished epoch's checkpoint is kept and `Terminated`
     (exit status 143) says how to resume."""
-    overrides = {}
+    overrides, raw, arrays = {}, None, None
+    if isinstance(settings.get("dataset"), Dataset) or isinstance(getattr(config, "dataset", None), Dataset):
+        if resume is not None:
+            raise UserError("--resume reads the run's own copy of its data; pass no dataset")
+        arrays = settings.pop("dataset") if "dataset" in settings else config.dataset
+        if arrays.source is None:
+            raise UserError(f"train takes a data set by name or path, or a Dataset made with Dataset.from_arrays; "
+                            f"{arrays.name} is neither: pass its name")
+        config = Config(**{**(config.to_dict() if config else settings), "dataset": IN_RUN + "data.npz"})
     if resume is not None:
         config, overrides = resume_config(resume, config, settings)
         out = resume
     else:
-        config = (config or Config(**settings)).resolved()
+        raw = config or Config(**settings)
+        config = raw.resolved()
     owns_group = distributed.requested() and not torch.distributed.is_initialized()
     device = distributed.setup(resolve_device(config.device))
     try:
@@ -61,7 +70,7 @@ def train(config=None, out=None, progress=True, resume=None, overwrite=False, gr
                             f"processes that share each batch")
         with stop_signals(grace) as stop:
             return _train(config, out, device, progress and distributed.rank() == 0, resume is not None, stop,
-                          overwrite, overrides)
+                          overwrite, overrides, raw, arrays)
     finally:
         if owns_group:
             distributed.cleanup()
@@ -136,7 +145,7 @@ def on_rank0(work):
     return result
 
 
-def _train(config, out, device, progress, resuming, stop, overwrite=False, overrides=None):
+def _train(config, out, device, progress, resuming, stop, overwrite=False, overrides=None, raw=None, arrays=None):
     locks = []  # process 0's lock on the run directory, held until training ends
 
     def lock(run_dir):
@@ -149,16 +158,29 @@ def _train(config, out, device, progress, resuming, stop, overwrite=False, overr
     try:
         if resuming:  # nobody else may write the run while it is read and continued
             on_rank0(lambda: lock(Path(out)))
-        return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock, announce)
+        return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock, announce,
+                             raw, arrays)
     finally:
         for held in locks:
             held.release()
 
 
-def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock, announce):
+def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock, announce, raw=None,
+                  arrays=None):
     pyro.set_rng_seed(config.seed)
-    data = load_dataset(config.dataset, config.data_dir, device, binarize=config.binarizes,
-                        val_size=config.val_size, train_size=config.train_size, seed=config.seed, labels=config.labels)
+
+    def read_data(config):
+        if arrays is not None:  # a Dataset in memory: its arrays, split as the run's settings say
+            return load_source(arrays.name, arrays.source, device=device, binarize=config.binarizes,
+                               val_size=config.val_size, train_size=config.train_size, seed=config.seed,
+                               labels=config.labels, condition=config.condition)
+        return run_data(config, device, out if resuming else None)
+
+    data = read_data(config)
+    if raw is not None:  # what follows from the data: the condition, a likelihood that fits it, the checks
+        config = raw.resolved(data)
+        if config.binarizes != data.binarized and data.kind == "pixels":
+            data = read_data(config)
     model = model_for(config, data).to(device)
     x_val, y_val = data.splits["val"]
     check_objective(model, config.elbo, *model_inputs(model, x_val[:2], y_val[:2], data.n_classes))
@@ -189,6 +211,9 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             lock(target)
             target = make_run_dir(target, config, overwrite)  # checked again under the lock, then written
             announce()
+        if arrays is not None:  # the run keeps its own copy of data handed to it in memory
+            atomic_write(target / "data.npz", arrays.save_arrays)
+        write_data_facts(target, data if arrays is None else run_data(config, "cpu", target))
         if data.labelled is not None:  # m2 with --labels N: which training examples kept their label
             y_kept = data.splits["train"][1][torch.as_tensor(data.labelled)].cpu()
             write_json(target / "labelled.json", {

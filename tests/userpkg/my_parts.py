@@ -14,7 +14,7 @@ class LaplacePrior(nn.Module):
 
     conditional = False
 
-    def __init__(self, z_dim, c_dim=0, hidden=0):
+    def __init__(self, z_dim, c_dim=0, net=None):
         super().__init__()
         self.raw_scale = nn.Parameter(torch.zeros(z_dim))
 
@@ -26,22 +26,22 @@ class LaplacePrior(nn.Module):
 class StudentTGuide(nn.Module):
     """q(z|h) = Student-t with 5 degrees of freedom, location and scale from an MLP."""
 
-    def __init__(self, *, in_dim, z_dim, hidden):
+    def __init__(self, *, in_dim, z_dim, net):
         super().__init__()
-        self.net = MLP(in_dim, hidden, 2 * z_dim)
+        self.net = net(in_dim, 2 * z_dim)
 
     def forward(self, h):
         loc, raw = self.net(h).chunk(2, -1)
         return dist.StudentT(5.0, loc, nn.functional.softplus(raw) + 1e-3).to_event(1)
 
 
-def two_layer_bernoulli(*, in_dim, out_dim, hidden):
+def two_layer_bernoulli(*, in_dim, out_dim, net):
     """A likelihood as a plain function: Bernoulli pixels from a two-layer MLP."""
 
     class TwoLayer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = MLP(in_dim, hidden, out_dim, layers=2)
+            self.net = MLP(in_dim, net.width, out_dim, layers=2)
 
         def forward(self, h):
             return dist.Bernoulli(logits=self.net(h)).to_event(1)
