@@ -13,7 +13,7 @@ The package is layered; each file imports only from the ones above it in this li
     svi.py          Trainer (SVI with an ELBO from pyro.infer) and its callbacks; fit
     distributed.py  data-parallel training under torchrun (DDP around the ELBO)
     plots.py        tensors in, PNG out
-    runs/           config, run directories, train/resume, evaluate, sample, the reference classifier
+    runs/           config, run directories, train/resume, evaluate, sample, the reference classifier, compare
     cli.py          the `pyro-vae` command: one function of runs/ per subcommand
 
 This module is the Python API: the same functions the CLI calls.
@@ -25,10 +25,10 @@ from .estimators import (accuracy, active_units, elbo_per_example, importance_sa
                          predict)
 from .models import MODELS, ModelContract, build_model, model_inputs
 from .objectives import make_elbo
-from .runs import Config, evaluate_run, load_run, read_metrics, sample_run, train
+from .runs import Config, compare, evaluate_run, load_run, read_metrics, sample_run, summarize, train
 from .svi import Callback, Trainer, fit
 
 __all__ = ["accuracy", "active_units", "predict", "Dataset", "download", "load_dataset", "UserError", "BadValue", "BadType",
            "elbo_per_example", "evaluate_run", "importance_sampled", "latent_means", "log_weights", "sample_run",
            "MODELS", "ModelContract", "build_model", "model_inputs", "Config", "load_run", "read_metrics", "fit",
-           "Trainer", "Callback", "make_elbo", "train"]
+           "Trainer", "Callback", "make_elbo", "train", "compare", "summarize"]

@@ -22,6 +22,7 @@ from .runs.training import GRACE
 from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, redraw_run, sample_run, train
 from .runs.quadrants import MODELS as QUADRANT_MODELS
 from .runs.quadrants import run_quadrants
+from .runs.compare import EVALUATION, SETTINGS, compare, summarize
 
 
 
@@ -83,6 +84,63 @@ def numbers(text):
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"a comma list of numbers, got {text!r}") from None
+
+
+def seeds_setting(text):
+    """--seeds: N (seeds 0..N-1), or a comma list of seeds."""
+    values = [non_negative_int(v) for v in text.split(",")]
+    return values if "," in text else positive_int(text)
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def shard_setting(text):
+    """--shard I/N."""
+    i, _, n = text.partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"I/N, e.g. 1/2, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"I/N with 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def setting_value(text):
+    """A value of a compare option as its type: a whole number, a number, true/false, none, or the text."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def compare_grid(args):
+    """(shared, vary) from compare's options: one value is shared, several are varied."""
+    shared, vary = {}, {}
+    given = {"model": (args.models or []) + (getattr(args, "model") or [])}
+    given.update({f: getattr(args, f) for f in COMPARE_SETTINGS if f != "model"})
+    for field, occurrences in given.items():
+        if not occurrences:
+            continue
+        if field == "hidden":
+            values = [widths_setting(o) for o in occurrences]
+        else:
+            values = [setting_value(v.strip()) for o in occurrences for v in o.split(",")]
+        if len(values) == 1:
+            shared[field] = values[0]
+        else:
+            vary[field] = values
+    return shared, vary
 
 
 def labels_setting(text):
@@ -247,7 +305,37 @@ def parser():
                        formatter_class=fmt)
     f.add_argument("run_dir", metavar="RUN_DIR")
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    for command in (t, e, q, s, f):
+    k = sub.add_parser("compare", help="a grid of runs over variants and seeds, summarized with 95% intervals",
+                       formatter_class=fmt,
+                       description="Runs one train + evaluate per cell (variant x seed) into --out, then writes "
+                                   "summary.md/.csv/.json and figures there. Any train setting may be shared (one value) "
+                                   "or varied (a comma list, or the option given again; --hidden varies only by "
+                                   "repetition, its commas are layer widths). Rerunning skips finished cells and "
+                                   "resumes interrupted ones.")
+    k.add_argument("experiment", nargs="?", default=None, metavar="EXPERIMENT.toml",
+                   help="an experiment file (seeds, [shared], [vary], [evaluate]) instead of the options")
+    k.add_argument("--models", action="append", default=None, metavar="M1,M2,...", help="the models compared")
+    k.add_argument("--seeds", type=seeds_setting, default=None, metavar="N|S1,S2,...",
+                   help="seeds 0..N-1, or these seeds (default: 5)")
+    for field in COMPARE_SETTINGS:
+        k.add_argument("--" + field.replace("_", "-"), action="append", default=None, metavar="V[,V...]",
+                       help=argparse.SUPPRESS if field == "model" else None)
+    k.add_argument("--iw-samples", type=positive_int, default=EVALUATION["iw_samples"],
+                   help="K, importance samples per test example")
+    k.add_argument("--examples", type=positive_int, default=None, help="score only the first N test examples (default: all)")
+    k.add_argument("--fidelity-samples", type=positive_int, default=EVALUATION["fidelity_samples"],
+                   help="samples per class for label fidelity")
+    k.add_argument("--out", default=None, help="the experiment directory (default: the experiment file's folder, or "
+                                               "runs/compare)")
+    k.add_argument("--jobs", type=positive_int, default=1, help="cells trained at once, in worker processes (the CPU "
+                                                                "threads divided among them; one GPU each)")
+    k.add_argument("--shard", type=shard_setting, default=None, metavar="I/N",
+                   help="take every N-th cell from the I-th: machines sharing a filesystem split one comparison")
+    k.add_argument("--summarize", default=None, metavar="DIR", help="only write the summary of DIR from its finished runs")
+    k.add_argument("--reference", default=None, metavar="VARIANT",
+                   help="the variant differences are paired against (default: the first)")
+    k.add_argument("--quiet", action="store_true", help="a line per cell only")
+    for command in (t, e, q, s, f, k):
         command.add_argument("--threads", type=positive_int, default=None, metavar="N",
                              help="CPU threads for torch (default: torch's choice, all cores; on a shared machine "
                                   "or for small networks 1 is often faster)")
@@ -257,6 +345,9 @@ def parser():
     d.add_argument("--dest", default=None, help="folder (default: the per-user cache, ~/.cache/pyro-vae/NAME)")
     return p
 
+
+# The Config fields compare takes as --NAME V[,V...] (shared or varied).
+COMPARE_SETTINGS = [f for f in SETTINGS if f != "seed"]
 
 # The Config fields `train` has an option for (the rest are written by training itself).
 TRAIN_SETTINGS = [f.name for f in dataclasses.fields(Config) if f.name not in ("val_size", "device_used", "changes")]
@@ -288,6 +379,29 @@ def main(argv=None):
                                 grace=args.grace)
             if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for all
                 print(f"run directory: {run_dir}")
+        elif args.command == "compare":
+            if args.summarize:
+                summarize(args.summarize, reference=args.reference, progress=not args.quiet)
+                return 0
+            shared, vary = compare_grid(args)
+            evaluation = {"iw_samples": args.iw_samples, "examples": args.examples,
+                          "fidelity_samples": args.fidelity_samples}
+            if args.experiment:
+                if shared or vary or args.seeds is not None:
+                    raise UserError("compare: give an experiment file or the grid's options, not both")
+                path = os.path.abspath(args.experiment)
+                # DIR/experiment.toml continues DIR; another file starts a folder beside it named after it
+                out = args.out or (os.path.dirname(path) if os.path.basename(path) == "experiment.toml"
+                                   else os.path.splitext(path)[0])
+                summary = compare(out, experiment=args.experiment, jobs=args.jobs, shard=args.shard,
+                                  progress=not args.quiet, threads=args.threads)
+            else:
+                summary = compare(args.out or "runs/compare", vary=vary, shared=shared,
+                                  seeds=5 if args.seeds is None else args.seeds, evaluation=evaluation, jobs=args.jobs,
+                                  shard=args.shard, progress=not args.quiet, threads=args.threads)
+            if args.reference:
+                summarize(args.out or "runs/compare", reference=args.reference, progress=False)
+            return 1 if summary.get("failed") else 0
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet,
                                   examples=args.examples, mc_particles=args.mc_particles,
@@ -306,6 +420,15 @@ def main(argv=None):
             if "label_fidelity" in result:
                 print(f"label fidelity {result['label_fidelity']:.3f} (reference classifier test accuracy "
                       f"{result['classifier_test_accuracy']:.4f})")
+            if "attribute_agreement" in result:
+                print(f"attribute agreement {result['attribute_agreement']:.3f} of {result['agreement_draws']} samples' "
+                      f"attributes read back as asked (reference on real test data: "
+                      f"{sum(result['reference_test_score']) / len(result['reference_test_score']):.3f})")
+            if "covariate_r2" in result:
+                for name, r2, slope, ref in zip(result["y_names"], result["covariate_r2"], result["covariate_slope"],
+                                                result["reference_test_score"]):
+                    print(f"{name}: samples read back with R^2 {r2:.3f}, slope {slope:.3f} against the value asked "
+                          f"(reference R^2 on real test data {ref:.3f})")
         elif args.command == "quadrants":
             if not 0 <= args.alpha <= 1:
                 raise UserError(f"alpha must be in [0, 1], got {args.alpha}")

@@ -124,6 +124,33 @@ def elbo_per_example(model, guide, *args, particles=1, max_batch=MAX_BATCH):
 
 
 @torch.no_grad()
+def rate_distortion(model, guide, *args, max_batch=MAX_BATCH):
+    """(rate, distortion) per example from one draw z ~ q each, both (B,) tensors in nats:
+    rate = log q(z|.) - log p(z|.) summed over the latent sites (a one-draw estimate of the KL),
+    distortion = -log p(obs|z, .) summed over the observed sites. ELBO = -(rate + distortion)."""
+    rates, distortions = [], []
+    for i in range(0, args[0].shape[0], max_batch):
+        chunk = [a[i:i + max_batch] if torch.is_tensor(a) else a for a in args]
+        guide_trace = poutine.trace(guide).get_trace(*chunk)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*chunk)
+        rate, distortion = 0.0, 0.0
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            log_p = site["fn"].log_prob(site["value"])
+            if site["is_observed"]:
+                distortion = distortion - log_p
+            else:
+                rate = rate - log_p
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                rate = rate + site["fn"].log_prob(site["value"])
+        rates.append(torch.as_tensor(rate).expand(len(chunk[0])))
+        distortions.append(torch.as_tensor(distortion).expand(len(chunk[0])))
+    return torch.cat(rates), torch.cat(distortions)
+
+
+@torch.no_grad()
 def latent_means(model, *args, max_batch=1 << 14):
     """E_q[z|.] per example (B, Z): the guide's mean where it has one, else an average of draws."""
     means = []

@@ -206,7 +206,7 @@ def codes_and_draws(columns, classes, shape, path):
     return save(fig, path, dpi=100)
 
 
-def labelled_panels(panels, classes, shape, per_class, path):
+def labelled_panels(panels, classes, shape, per_class, path, caption=None):
     """Image grids side by side (title -> (n_classes * per_class, H*W) images in class order),
     one row per class, rows labelled with the class names."""
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (per_class * 0.42 + 0.4) + 1.0,
@@ -218,18 +218,79 @@ def labelled_panels(panels, classes, shape, per_class, path):
         ax.set_yticks([r * (h + 1) + h / 2 for r in range(len(classes))], classes, fontsize=8)
         ax.tick_params(left=False)
         ax.set_title(title, fontsize=10)
-    return save(fig, path, pad=1.2)
+    return save(fig, path, pad=1.2, caption=caption)
+
+
+def curve_bands(panels, path, title, ylabel):
+    """One panel per entry (panel title -> {name -> list of per-seed curves, each a list of values
+    per epoch}), one line per name: the mean over the seeds that reached each epoch, and a band
+    from their lowest to their highest."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
+    for ax, (panel, curves) in zip(axes[0], panels.items()):
+        later = []
+        for k, (name, runs) in enumerate(curves.items()):
+            length = max(len(r) for r in runs)
+            epochs = np.arange(1, length + 1)
+            stacked = [[r[e] for r in runs if len(r) > e] for e in range(length)]
+            ax.plot(epochs, [np.mean(v) for v in stacked], color=f"C{k % 10}", label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(epochs, [min(v) for v in stacked], [max(v) for v in stacked], color=f"C{k % 10}", alpha=0.2)
+            later += [x for v in stacked[1:] for x in v]
+        if later:  # the first epoch would squash the rest
+            low, high = min(later), max(later)
+            ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 50 * len(panels)), fontsize=10)
+    return save(fig, path)
+
+
+def dot_intervals(panels, path, title):
+    """One panel per metric (panel title -> {name: (mean, half-width)}): a dot per name with its
+    interval as a bar (no bar where there is one seed)."""
+    n = len(panels)
+    ncol = min(2, n)
+    nrow = -(-n // ncol)
+    names = max((list(p) for p in panels.values()), key=len)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 0.9 + 0.35 * len(names) * nrow + 0.6 * nrow),
+                             squeeze=False)
+    for ax, (what, points) in zip(axes.flat, panels.items()):
+        labels = list(points)
+        means = [points[k][0] for k in labels]
+        halves = [0 if np.isnan(points[k][1]) else points[k][1] for k in labels]
+        ax.errorbar(means, range(len(labels)), xerr=halves, fmt="o", capsize=3)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(textwrap.fill(what, 55), fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)
 
 
 FORMATS = ("png", "pdf", "svg")
 
 
-def save(fig, path, dpi=110, pad=None):
+def save(fig, path, dpi=110, pad=None, caption=None):
     """Lay out, write (atomically: a link at `path` is replaced, not followed) and close a
-    figure; the format is the path's suffix. Returns the path."""
+    figure; the format is the path's suffix; a `caption` goes below the panels. Returns the path."""
     path = Path(path)
     try:
         fig.tight_layout(**({"pad": pad} if pad else {}))
+        if caption:
+            width = fig.get_size_inches()[0]
+            text = textwrap.fill(caption, max(40, int(width * 13)))
+            height = (text.count("\n") + 1) * 0.2 + 0.15  # inches
+            w, h = fig.get_size_inches()
+            fig.set_size_inches(w, h + height)
+            for ax in fig.axes:  # keep the panels where they were, in inches, above the caption
+                box = ax.get_position()
+                ax.set_position([box.x0, (box.y0 * h + height) / (h + height), box.width, box.height * h / (h + height)])
+            fig.text(0.5, 0.1 / (h + height), text, ha="center", va="bottom", fontsize=9)
         fmt = path.suffix[1:].lower()
         if fmt not in FORMATS:
             raise UserError(f"cannot write {path}: a figure's name ends in {', '.join('.' + f for f in FORMATS)}")

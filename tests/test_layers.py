@@ -15,7 +15,7 @@ PACKAGE = Path(pyro_vae.__file__).parent
 ORDER = [
     "errors", "files", "data", "nets", "parts", "models", "objectives", "estimators", "distributed", "svi", "plots",
     "runs.config", "runs.store", "runs.classifier", "runs.figures", "runs.training", "runs.evaluation",
-    "runs.quadrants", "runs", "cli", "", "__main__",
+    "runs.quadrants", "runs.compare", "runs", "cli", "", "__main__",
 ]
 
 
@@ -113,3 +113,15 @@ def test_the_layer_test_sees_an_upward_and_a_deferred_import(tmp_path, monkeypat
     found = {module_name(p): package_imports(p) for p in sorted(fake.rglob("*.py"))}
     assert found["models"] == [("runs.store", 1, True)]
     assert found["data"] == [("models", 2, False)]
+
+
+def test_an_installed_package_holds_every_module():
+    """pyproject.toml's package list finds every folder of the package (0.1 shipped without runs/)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    settings = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(PACKAGE.parent), **settings["packages"]["find"]))
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders == found, folders ^ found

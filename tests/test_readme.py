@@ -3,7 +3,7 @@
 Python blocks run in order, in one namespace: every `epochs=N` becomes 2 and every sample count a
 few tens; a block whose first line is `# NAME.py` is a file of the user's, written to NAME.py and
 importable. Shell blocks: every `pyro-vae` and `torchrun` line runs in order in one folder, with
-epochs / 20, 200 training images and K = 5 on 50 test images."""
+epochs / 20, 200 training images and K = 5 on 50 test images (compare: 2 seeds)."""
 
 import os
 import re
@@ -93,6 +93,9 @@ def small_command(command):
         args += ["--train-size", "200"] + ([] if "--epochs" in args else ["--epochs", "1"])
     if sub in ("evaluate", "quadrants"):
         args += ["--examples", "50"]
+    if sub == "compare" and "--summarize" not in args:  # 2 seeds, 200 images, K = 5 on 50 test images
+        args = ["2" if i and args[i - 1] == "--seeds" else a for i, a in enumerate(args)]
+        args += ["--train-size", "200", "--examples", "50", "--iw-samples", "5", "--fidelity-samples", "5", "--quiet"]
     return args
 
 

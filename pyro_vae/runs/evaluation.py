@@ -1,5 +1,6 @@
 """`pyro-vae evaluate`: score a saved run on its test split and write RUN_DIR/eval.json (runs layer)."""
 
+import sys
 import time
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from ..errors import positive_int
 from ..files import check_writable, write_json
 from ..data import is_builtin
 from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy, condition_agreement, elbo_per_example,
-                          importance_sampled,
+                          importance_sampled, rate_distortion,
                           importance_sampled_over_labels, label_fidelity, latent_means)
 from ..models import model_inputs
 from .classifier import reference_classifier, reference_predictor
@@ -52,6 +53,14 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
                       note="delta guide: test_elbo is log p(x, z*) at the code z* = f(x); "
                            "a point mass has no density, so there is no importance-sampled estimate")
     result.update(active_units=active_units(latent_means(model, *args)))
+    if not hasattr(model, "classify"):  # (m2's y is summed out: its rate has no one-draw form here)
+        rate, distortion = rate_distortion(model.model, model.guide, *args)
+        result.update(rate=rate.mean().item(), distortion=distortion.mean().item())
+    collapse = collapsed(result)
+    if collapse:
+        result["collapse"] = collapse
+        if progress:
+            print(f"pyro-vae: warning: {collapse}", file=sys.stderr, flush=True)
     if model.observed == "y" and data.condition == "label":  # cvae3 as a classifier
         result["test_accuracy"] = accuracy(model, x, labels)
         result["test_accuracy_mc"] = accuracy(model, x, labels, particles=mc_particles)
@@ -68,3 +77,19 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     result["seconds"] = time.perf_counter() - start
     write_json(Path(run_dir) / "eval.json", result)
     return result
+
+
+COLLAPSED_RATE = 0.1  # nats per example: below it the posterior carries next to nothing about x
+
+
+def collapsed(result):
+    """A sentence saying the run's posterior collapsed (no active unit, or a rate near zero), with
+    what to try; None when it did not."""
+    units, rate = result.get("active_units"), result.get("rate")
+    if units is None or result.get("iw_samples") == 0:
+        return None
+    if units == 0 or (rate is not None and rate < COLLAPSED_RATE):
+        said = f"{units} active latent units" + (f", KL {rate:.3f} nats per example" if rate is not None else "")
+        return (f"posterior collapse ({said}): the decoder ignores z; try more epochs, a KL warm-up "
+                f"(--warmup-epochs), or a smaller --beta")
+    return None

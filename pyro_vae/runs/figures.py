@@ -209,7 +209,7 @@ def latent_space_comparison(models, data, path, n=3000, draws=64):
     return plots.codes_and_draws(columns, data.classes, data.shape, path)
 
 
-def conditional_panels(models, data, path, per_class=8, seed=0):
+def conditional_panels(models, data, path, per_class=8, seed=0, caption=None):
     """Class-conditional samples of several conditional models side by side, one panel per model,
     one labelled row per class: mean images of p(x|z,y) with z ~ p(z|y).
 
@@ -218,4 +218,4 @@ def conditional_panels(models, data, path, per_class=8, seed=0):
     for title, model in models.items():
         pyro.set_rng_seed(seed)
         panels[title] = conditional_samples(model, data, per_class)[0]
-    return plots.labelled_panels(panels, data.classes, data.shape, per_class, path)
+    return plots.labelled_panels(panels, data.classes, data.shape, per_class, path, caption=caption)

@@ -19,6 +19,7 @@ import torch
 from .. import distributed
 from ..data import Dataset, load_source
 from ..errors import Diverged, Interrupted, Terminated, UserError
+from ..estimators import active_units, latent_means
 from ..files import atomic_write, write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
@@ -251,6 +252,12 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                           f"pyro-vae train --resume {run_dir}") from None
     if distributed.rank() == 0:
         run_figures(model, data, trainer.history, run_dir)
+        if progress and getattr(model.encoder, "has_density", True):
+            units = active_units(latent_means(model, *model_inputs(model, x_val, y_val, data.n_classes)))
+            if units == 0:
+                print(f"pyro-vae: warning: posterior collapse: 0 of {config.z_dim} latent units active on the validation "
+                      f"split, so the decoder ignores z; try more epochs, a KL warm-up (--warmup-epochs) or a smaller "
+                      f"--beta", file=sys.stderr, flush=True)
         if progress and trainer.history:
             last = trainer.history[-1]
             print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats per "
