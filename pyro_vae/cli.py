@@ -64,6 +64,17 @@ def part_choice(kind, table):
     return convert
 
 
+def val_size_setting(text):
+    """--val-size: a share in (0, 1), or a whole number of examples."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a share in (0, 1) or a number of examples, got {text!r}") from None
+    if not value > 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(f"a share in (0, 1) or a whole number of examples, got {text!r}")
+    return int(value) if value >= 1 else value
+
+
 def widths_setting(text):
     """--hidden: one width, or a comma list of them (one per hidden layer)."""
     values = [positive_int(v.strip()) for v in text.split(",")]
@@ -237,6 +248,14 @@ def parser():
     t.add_argument("--alpha", type=checked(float, errors.non_negative_number), default=c.alpha,
                    help="m2: weight of log q(y|x) per labelled example (Kingma et al.'s alpha; Pyro's example: 46)")
     t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
+    t.add_argument("--val-size", type=val_size_setting, default=c.val_size, metavar="SHARE|N",
+                   help="the validation split: a share of the training split, or N examples (the published "
+                        "Fashion-MNIST setups hold out 10000)")
+    t.add_argument("--patience", type=positive_int, default=None, metavar="N",
+                   help="early stopping: stop when the validation ELBO has not improved for N epochs, and keep the "
+                        "best epoch's weights as best.pt, which evaluate, sample and figures then use (default: off)")
+    t.add_argument("--lr-schedule", default=None, choices=["plateau"],
+                   help="plateau: halve the learning rate after every 10 epochs without a better validation ELBO")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")
     t.add_argument("--clip-grad", type=positive_float, default=None, metavar="NORM",
                    help="clip the gradient's global norm to NORM (against divergence)")
@@ -263,6 +282,9 @@ def parser():
                    help="cvae3: draws z ~ p(z|x) for the Monte Carlo accuracy")
     e.add_argument("--fidelity-samples", type=positive_int, default=100,
                    help="cvae1/2/4: samples per class scored by the reference classifier")
+    e.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="which weights: the best epoch's by validation ELBO where the run kept them (--patience), "
+                        "else the last; or the last")
     e.add_argument("--classifier", default=None,
                    help="reference classifier file (default: ~/.cache/pyro-vae/classifiers/DATASET.pt, "
                         "trained on first use)")
@@ -350,7 +372,7 @@ def parser():
 COMPARE_SETTINGS = [f for f in SETTINGS if f != "seed"]
 
 # The Config fields `train` has an option for (the rest are written by training itself).
-TRAIN_SETTINGS = [f.name for f in dataclasses.fields(Config) if f.name not in ("val_size", "device_used", "changes")]
+TRAIN_SETTINGS = [f.name for f in dataclasses.fields(Config) if f.name not in ("device_used", "changes")]
 
 
 def main(argv=None):
@@ -405,12 +427,14 @@ def main(argv=None):
         elif args.command == "evaluate":
             result = evaluate_run(args.run_dir, args.iw_samples, args.device, args.max_batch, progress=not args.quiet,
                                   examples=args.examples, mc_particles=args.mc_particles,
-                                  fidelity_samples=args.fidelity_samples, classifier=args.classifier)
+                                  fidelity_samples=args.fidelity_samples, classifier=args.classifier,
+                                  checkpoint=args.checkpoint)
             ll = result["test_log_likelihood"]
             ll_text = (f"log-likelihood (K={result['iw_samples']}) {ll:.3f}" if ll is not None
                        else "no log-likelihood (a delta guide has no density)")
             print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example, "
-                  f"{result['active_units']} active units; written to {args.run_dir}/eval.json")
+                  f"{result['active_units']} active units (weights of epoch {result['checkpoint_epoch']}, "
+                  f"{result['checkpoint']}); written to {args.run_dir}/eval.json")
             if "test_accuracy_mc" in result:
                 print(f"test accuracy {result['test_accuracy']:.4f} at z* = mean of p(z|x), "
                       f"{result['test_accuracy_mc']:.4f} averaged over {result['mc_particles']} draws z ~ p(z|x)")

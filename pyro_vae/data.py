@@ -339,7 +339,8 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     in one subfolder per class (or `train/` and `test/` folders of those), or
     "torchvision:NAME" (a torchvision data set already in `data_dir`; torchvision is optional).
 
-    The validation split is a seeded `val_size` share of the training split (model selection);
+    The validation split is a seeded `val_size` share of the training split, or that many
+    examples when `val_size` >= 1 (model selection);
     the test split is the official one (a fixed 20% for `digits`, and for a file without one,
     carved off with seed TEST_SEED). `train_size` keeps only the first N training examples
     (after the validation split is carved off), for quick runs. `condition` picks what c holds
@@ -651,10 +652,8 @@ def assemble(name, a, device="cpu", binarize=True, val_size=0.1, train_size=None
     x_train, x_test = a["x"], a["x_test"]
     c_train = a[c_key] if c_key else np.zeros(len(x_train), np.int64)
     c_test = a[c_key + "_test"] if c_key else np.zeros(len(x_test), np.int64)
-    if not 0 < val_size < 1:
-        raise UserError(f"val_size must be in (0, 1), got {val_size}")
     order = np.random.default_rng(seed).permutation(len(x_train))
-    n_val = max(1, int(round(val_size * len(x_train))))
+    n_val = validation_count(val_size, len(x_train))
     val, train = order[:n_val], order[n_val:]
     if train_size is not None:
         train = train[:positive_int("train_size", train_size)]
@@ -684,6 +683,19 @@ def assemble(name, a, device="cpu", binarize=True, val_size=0.1, train_size=None
             x, c = data.splits[s]
             data.splits[s] = (torch.bernoulli(x, generator=g), c)
     return data
+
+
+def validation_count(val_size, n):
+    """Examples in the validation split: a share in (0, 1) of the n training examples, or a count
+    (a whole number >= 1, e.g. the published setups' 10,000)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not val_size > 0 or (
+            val_size >= 1 and val_size != int(val_size)):
+        raise UserError(f"val_size is a share in (0, 1) or a whole number of examples, got {val_size!r}")
+    if val_size >= 1:
+        if val_size >= n:
+            raise UserError(f"val_size {int(val_size)}: the training split has only {n} examples")
+        return int(val_size)
+    return max(1, int(round(val_size * n)))
 
 
 def choose_condition(name, a, condition):

@@ -59,8 +59,8 @@ def image_grid(images, shape, path, ncol, title=None, row_labels=None, gap=0.0):
         ax.tick_params(left=False)
     else:
         ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=10)
+    if title:  # wrapped to the figure's width (about 12 characters an inch at this size)
+        ax.set_title(textwrap.fill(title, max(30, int(fig.get_size_inches()[0] * 11))), fontsize=10)
     return save(fig, path)
 
 

@@ -45,7 +45,8 @@ class Callback:
         """After each optimizer step (keep it cheap: `trainer.epoch_loss` lives on the device)."""
 
     def on_epoch_end(self, trainer, metrics):
-        """After each epoch's validation; `metrics` is the entry just added to `trainer.history`."""
+        """After each epoch's validation; `metrics` is the entry just added to `trainer.history`.
+        Setting `trainer.stop_reason` (a sentence) ends training after this epoch."""
 
     def on_train_end(self, trainer):
         """After the last epoch, or when training stops with an exception."""
@@ -106,6 +107,7 @@ class Trainer:
         # DDP around the module that computes the ELBO, under torchrun
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
+        self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
         self.batch_size = None
 
@@ -134,7 +136,8 @@ class Trainer:
         for c in callbacks:
             c.on_train_start(self, epochs, steps)
         try:
-            while self.epoch < epochs:
+            self.stop_reason = None
+            while self.epoch < epochs and self.stop_reason is None:
                 metrics = self._epoch(data, inputs, steps, callbacks)
                 self.epoch += 1
                 self.history.append(metrics)

@@ -285,6 +285,8 @@ def run_cell(out, cell, shared, evaluation, threads=None, progress=False, worker
     if settings.get("device", "auto") == "auto" and torch.cuda.device_count() > 1:
         settings["device"] = f"cuda:{worker % torch.cuda.device_count()}"  # one GPU per worker
     run_dir = Path(out) / cell_dir(cell)
+    if finished(run_dir, evaluation):  # another shard, or another worker, finished it meanwhile
+        return None
     try:
         if (run_dir / "config.json").is_file():
             config = read_config(run_dir)
@@ -441,21 +443,21 @@ def summary_markdown(out, summary):
         names = [n for n, v in variants.items() if v["kind"] == kind]
         lines += [f"## {kind}", "",
                   "| variant | seeds | test log-likelihood | vs " + ref + " | test ELBO | rate (KL) | distortion | active units "
-                  "| label fidelity / accuracy | s / epoch |", "|---" * 10 + "|"]
+                  "| label fidelity | accuracy | s / epoch |", "|---" * 11 + "|"]
         for n in names:
             v = variants[n]
             m = v["metrics"]
             d = v["differences"].get("test_log_likelihood")
             diff = "(reference)" if n == ref else ("not comparable" if v["kind"] != variants[ref]["kind"] else
                                                    "-" if d is None else
-                                                   f"{d['mean']:+.2f} +- {d['half_width']:.2f}"
+                                                   f"{d['mean']:+.3f} +- {d['half_width']:.3f}"
                                                    + (" **holds**" if d["holds"] else " (holds 0)"))
-            quality = m.get("label_fidelity") or m.get("test_accuracy")
             flag = " (collapsed: seeds " + ", ".join(map(str, v["collapsed"])) + ")" if v["collapsed"] else ""
             lines.append(f"| {n}{flag} | {', '.join(map(str, v['seeds']))} | {cell_text(m.get('test_log_likelihood'))} | "
                          f"{diff} | {cell_text(m.get('test_elbo'))} | {cell_text(m.get('rate'))} | "
                          f"{cell_text(m.get('distortion'))} | {cell_text(m.get('active_units'), 1)} | "
-                         f"{cell_text(quality, 3)} | {cell_text(m.get('seconds_per_epoch'), 2)} |")
+                         f"{cell_text(m.get('label_fidelity'), 3)} | {cell_text(m.get('test_accuracy'), 3)} | "
+                         f"{cell_text(m.get('seconds_per_epoch'), 2)} |")
         lines.append("")
     collapsed = {n: v["collapsed"] for n, v in variants.items() if v["collapsed"]}
     if collapsed:

@@ -43,6 +43,8 @@ ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "g
                 "encoder_net", "decoder_net", "prior_net", "condition")
 
 PARTS = ("likelihood", "prior", "guide")
+# Learning-rate schedules on the validation ELBO: (factor, epochs without improvement before it applies).
+LR_SCHEDULES = {None: None, "plateau": (0.5, 10)}
 NET_ROLES = ("encoder_net", "decoder_net", "prior_net")
 
 
@@ -76,7 +78,9 @@ class Config:
     device: str = "auto"
     seed: int = 0
     train_size: int | None = None
-    val_size: float = 0.1
+    val_size: float = 0.1  # a share of the training split, or (>= 1) a number of examples
+    patience: int | None = None  # stop when the validation ELBO has not improved for this many epochs; keep best.pt
+    lr_schedule: str | None = None  # "plateau": halve the learning rate after 10 epochs without improvement
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
@@ -154,8 +158,14 @@ class Config:
                 positive_number(name, getattr(c, name))
         if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
             raise BadValue(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
-        if not isinstance(c.val_size, (int, float)) or not 0 < c.val_size < 1:
-            raise BadValue(f"val_size must be in (0, 1), got {c.val_size!r}")
+        if isinstance(c.val_size, bool) or not isinstance(c.val_size, (int, float)) or not c.val_size > 0 or (
+                c.val_size >= 1 and c.val_size != int(c.val_size)):
+            raise BadValue(f"val_size is a share in (0, 1) or a whole number of examples, got {c.val_size!r}")
+        if c.patience is not None:
+            positive_int("patience", c.patience)
+        if c.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown lr_schedule {c.lr_schedule!r}; choose from "
+                            f"{', '.join(str(k) for k in LR_SCHEDULES)}")
         if c.train_size is not None:
             positive_int("train_size", c.train_size)
         if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder

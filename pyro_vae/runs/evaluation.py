@@ -16,7 +16,7 @@ from .store import load_run
 
 
 def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, progress=True, examples=None,
-                 mc_particles=100, fidelity_samples=100, classifier=None):
+                 mc_particles=100, fidelity_samples=100, classifier=None, checkpoint="best"):
     """Score a saved run on its test split (or its first `examples` images) and write
     RUN_DIR/eval.json; returns the dict. Every number is in nats per example (natural log,
     higher is better): log p(x) for vae and m2 (y summed out), log p(x|y) for cvae1/2/4, log p(y|x)
@@ -25,17 +25,22 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     cvae3 runs on labels also get `test_accuracy` (at z* = mean of p(z|x)) and `test_accuracy_mc`
     (p(y|x,z) averaged over `mc_particles` draws z ~ p(z|x)); cvae1/2/4 runs get `label_fidelity`
     from `fidelity_samples` draws per class, scored by the reference classifier (`classifier`
-    path, or the data set's cached one; see runs/classifier.py)."""
+    path, or the data set's cached one; see runs/classifier.py).
+
+    The weights scored are the run's best epoch by validation ELBO where it kept them (best.pt,
+    trained with --patience), else its last; `checkpoint="last"` scores the last. eval.json names
+    the file and its epoch."""
     positive_int("iw_samples", iw_samples)
     if examples is not None:
         positive_int("examples", examples)
-    model, config, data = load_run(run_dir, device)
+    model, config, data = load_run(run_dir, device, checkpoint)
     check_writable(run_dir)  # before the scoring, which can take minutes: nothing is computed for nothing
     x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
     result = {"model": config.model, "prior": config.prior, "guide": config.guide, "dataset": config.dataset,
-              "split": "test", "examples": len(x), "iw_samples": iw_samples}
+              "split": "test", "examples": len(x), "iw_samples": iw_samples,
+              "checkpoint": model.checkpoint["file"], "checkpoint_epoch": model.checkpoint["epoch"]}
     if hasattr(model, "classify") and getattr(model.encoder, "has_density", True):  # m2: y summed out exactly
         log_lik, elbo = importance_sampled_over_labels(model, x, data.n_classes, samples=iw_samples,
                                                        max_batch=max_batch, progress=progress)

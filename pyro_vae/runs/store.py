@@ -34,7 +34,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 # The files a run directory may hold, all written by this package; --overwrite deletes only these.
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "eval.json", "samples.png", "reconstructions.png",
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "eval.json", "samples.png", "reconstructions.png",
              "elbo.png", "latent.png", "labelled.json", "data.json", "data.npz")
 LOCK_FILE = ".pyro-vae.lock"
 
@@ -176,8 +176,8 @@ def set_rng_state(state):
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-def save_checkpoint(run_dir, model, optimizer, epoch, config, history=()):
-    """Write RUN_DIR/checkpoint.pt atomically: the state after `epoch` complete epochs."""
+def save_checkpoint(run_dir, model, optimizer, epoch, config, history=(), name="checkpoint.pt"):
+    """Write RUN_DIR/checkpoint.pt (or `name`: best.pt) atomically: the state after `epoch` complete epochs."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config.to_dict()),
@@ -187,7 +187,7 @@ def save_checkpoint(run_dir, model, optimizer, epoch, config, history=()):
         "rng": rng_state(),
         "history": json.dumps(list(history)),
     }
-    atomic_write(Path(run_dir) / "checkpoint.pt", lambda f: torch.save(state, f))
+    atomic_write(Path(run_dir) / name, lambda f: torch.save(state, f))
 
 
 CHECKPOINT_KEYS = {"format", "config", "epoch", "model", "optimizer", "rng", "history"}
@@ -418,6 +418,13 @@ def read_config(run_dir):
 DATA_FILE = "data.json"  # what the run's data was: source, checksum, scaling, test split, condition
 
 
+def checkpoint_file(run_dir, which="best"):
+    """The file of a run's weights: "best" is best.pt where the run kept one, else checkpoint.pt."""
+    if which not in ("best", "last"):
+        raise UserError(f"checkpoint is best or last, got {which!r}")
+    return "best.pt" if which == "best" and (Path(run_dir) / "best.pt").is_file() else "checkpoint.pt"
+
+
 def run_data(config, device, run_dir=None):
     """The data set of a run's config, on `device`. A data set in the run directory ("run:NAME")
     is read from `run_dir`; a data file's checksum is checked against the run's data.json, so a
@@ -450,16 +457,19 @@ def write_data_facts(run_dir, data):
     write_json(Path(run_dir) / DATA_FILE, facts)
 
 
-def load_run(run_dir, device="auto"):
-    """(model with trained weights, config, data set) of a finished or interrupted run."""
+def load_run(run_dir, device="auto", checkpoint="best"):
+    """(model with trained weights, config, data set) of a finished or interrupted run: the weights
+    of its best epoch by validation ELBO where it kept them (best.pt, with --patience), else of its
+    last (checkpoint.pt); `checkpoint="last"` takes the last."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     device = resolve_device(device)
     data = run_data(config, device, run_dir)
     model = model_for(config, data).to(device)
-    path = run_dir / "checkpoint.pt"
+    path = run_dir / checkpoint_file(run_dir, checkpoint)
     state = load_checkpoint(path, model, config)
     check_checkpoint(state, model, config, path)
     load_weights(model, state, path)
     model.eval()
+    model.checkpoint = {"file": path.name, "epoch": state["epoch"]}  # which weights these are
     return model, config, data

@@ -7,6 +7,7 @@ Ctrl-C stops at once, keeping the previous checkpoint. A NaN or infinite loss ra
 """
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ from ..files import atomic_write, write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
-from .config import IN_RUN, RESUMABLE, Config, check_change, resolve_device
+from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, Config, check_change, resolve_device
 from .figures import run_figures
 from .store import (RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
                     prepare_run_dir, read_config, restore, run_data, save_checkpoint, write_data_facts, write_metrics)
@@ -70,8 +71,9 @@ def train(config=None, out=None, progress=True, resume=None, overwrite=False, gr
             raise UserError(f"--batch-size {config.batch_size} is smaller than the {distributed.world_size()} "
                             f"processes that share each batch")
         with stop_signals(grace) as stop:
+            more = resume is not None and settings.get("epochs") is not None  # asked to train on
             return _train(config, out, device, progress and distributed.rank() == 0, resume is not None, stop,
-                          overwrite, overrides, raw, arrays)
+                          overwrite, overrides, raw, arrays, more)
     finally:
         if owns_group:
             distributed.cleanup()
@@ -146,7 +148,8 @@ def on_rank0(work):
     return result
 
 
-def _train(config, out, device, progress, resuming, stop, overwrite=False, overrides=None, raw=None, arrays=None):
+def _train(config, out, device, progress, resuming, stop, overwrite=False, overrides=None, raw=None, arrays=None,
+           more=False):
     locks = []  # process 0's lock on the run directory, held until training ends
 
     def lock(run_dir):
@@ -160,14 +163,14 @@ def _train(config, out, device, progress, resuming, stop, overwrite=False, overr
         if resuming:  # nobody else may write the run while it is read and continued
             on_rank0(lambda: lock(Path(out)))
         return _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides or {}, lock, announce,
-                             raw, arrays)
+                             raw, arrays, more)
     finally:
         for held in locks:
             held.release()
 
 
 def _train_locked(config, out, device, progress, resuming, stop, overwrite, overrides, lock, announce, raw=None,
-                  arrays=None):
+                  arrays=None, more=False):
     pyro.set_rng_seed(config.seed)
 
     def read_data(config):
@@ -235,7 +238,13 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
               f"{len(data.splits['val'][0])} validation examples), {device}, {torch.get_num_threads()} threads",
               flush=True)
 
-    callbacks = [Progress()] * bool(progress) + [Checkpoints(run_dir, config, stop)]
+    selection = ModelSelection(run_dir, config, since=trainer.epoch if more else 0)
+    if resuming and not more and selection.stopped(trainer.history):
+        if progress:
+            print(f"pyro-vae: nothing to do for {run_dir}: {selection.stopped(trainer.history)}; give --epochs N to "
+                  f"train on (patience then counts from epoch {trainer.epoch})", flush=True)
+        return run_dir
+    callbacks = [Progress()] * bool(progress) + [selection, Checkpoints(run_dir, config, stop)]
     try:
         trainer.run(data, config.epochs, config.batch_size, callbacks)
     except Diverged as e:
@@ -258,11 +267,60 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                 print(f"pyro-vae: warning: posterior collapse: 0 of {config.z_dim} latent units active on the validation "
                       f"split, so the decoder ignores z; try more epochs, a KL warm-up (--warmup-epochs) or a smaller "
                       f"--beta", file=sys.stderr, flush=True)
+        if progress and trainer.stop_reason:
+            print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:
             last = trainer.history[-1]
             print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats per "
                   f"example; metrics, checkpoint and figures in {run_dir}", flush=True)
     return run_dir
+
+
+class ModelSelection(Callback):
+    """On the validation ELBO: keep the best epoch's state as best.pt, stop when `patience` epochs
+    passed without improvement, and (lr_schedule "plateau") scale the learning rate by a factor
+    after a number of epochs without improvement. Its state is what the history says, replayed on
+    every (re)start, so a resumed run decides as an uninterrupted one would. Epochs before `since`
+    (where a --resume asked for more epochs after an early stop) do not count against patience."""
+
+    def __init__(self, run_dir, config, since=0):
+        self.run_dir, self.config, self.since = run_dir, config, since
+        self.schedule = LR_SCHEDULES[config.lr_schedule]
+
+    def replay(self, history):
+        """(best epoch, best ELBO, epochs without improvement, learning-rate scale) after `history`."""
+        best_epoch, best, bad, scale = 0, -math.inf, 0, 1.0
+        for m in history:
+            if m["val_elbo"] > best:
+                best_epoch, best, bad = m["epoch"], m["val_elbo"], 0
+            else:
+                bad += 1
+                if self.schedule and bad % self.schedule[1] == 0:
+                    scale *= self.schedule[0]
+        return best_epoch, best, bad, scale
+
+    def on_train_start(self, trainer, epochs, steps):
+        if self.schedule:
+            trainer.set_lr(self.config.current("lr") * self.replay(trainer.history)[3])
+
+    def on_epoch_end(self, trainer, metrics):
+        best_epoch, _, bad, scale = self.replay(trainer.history)
+        if best_epoch == metrics["epoch"] and self.config.patience and distributed.rank() == 0:
+            save_checkpoint(self.run_dir, trainer.model, trainer.optimizer, trainer.epoch, self.config,
+                            trainer.history, name="best.pt")
+        if self.schedule:
+            trainer.set_lr(self.config.current("lr") * scale)
+        waited = min(bad, trainer.epoch - self.since)
+        if self.config.patience and waited >= self.config.patience:
+            trainer.stop_reason = (f"stopped early after epoch {trainer.epoch}: no better validation ELBO for "
+                                   f"{self.config.patience} epochs; best epoch {best_epoch}, kept in best.pt")
+
+    def stopped(self, history):
+        """The reason a run whose history this is stopped early, or None."""
+        best_epoch, _, bad, _ = self.replay(history)
+        if self.config.patience and history and min(bad, history[-1]["epoch"] - self.since) >= self.config.patience:
+            return f"it stopped early after epoch {history[-1]['epoch']} (best epoch {best_epoch})"
+        return None
 
 
 class Stop:
