@@ -254,6 +254,9 @@ def parser():
     t.add_argument("--patience", type=positive_int, default=None, metavar="N",
                    help="early stopping: stop when the validation ELBO has not improved for N epochs, and keep the "
                         "best epoch's weights as best.pt, which evaluate, sample and figures then use (default: off)")
+    t.add_argument("--tensorboard", default=c.tensorboard, choices=["auto", "on", "off"],
+                   help="TensorBoard event files in RUN/tensorboard (auto: where `pip install 'pyro-vae[tensorboard]'` "
+                        "put the package); metrics.jsonl is the record either way")
     t.add_argument("--lr-schedule", default=None, choices=["plateau"],
                    help="plateau: halve the learning rate after every 10 epochs without a better validation ELBO")
     t.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATASET-TIME)")

@@ -218,7 +218,7 @@ def test_label_fidelity(trained, digits, reference):
         if name != "cvae4":  # y enters the decoder directly; chance is 0.1
             assert result["label_fidelity"] > 0.3, (name, result)
         # cvae4's samples reach y only through p(z|y); after this short training they need not be
-        # recognisable yet (a measured fact, see experiments/results/cvae_comparison.md)
+        # recognisable yet (a measured fact: the collapsed short runs issue 14 describes)
 
 
 @pytest.mark.parametrize("name", ["vae", "cvae3", "cvae4"])

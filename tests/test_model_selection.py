@@ -86,3 +86,34 @@ def test_validation_split_as_a_count(tmp_path):
     run = pyro_vae.train(model="vae", epochs=1, val_size=200, out=tmp_path / "run", progress=False,
                          **{k: v for k, v in SMALL.items()})
     assert json.loads((run / "data.json").read_text())["examples"]["val"] == 200
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pyro_vae.runs import training
+
+    run = pyro_vae.train(model="cvae1", epochs=3, out=tmp_path / "run", progress=False, **SMALL)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [(e.step, e.value) for e in events.Scalars("val_elbo")]
+    assert logged == [(m["epoch"], pytest.approx(m["val_elbo"], rel=1e-6)) for m in metrics]
+    assert events.Tags()["images"] == ["samples"]
+    # --overwrite replaces a run with its event files; a foreign file among them keeps the run
+    pyro_vae.train(model="vae", epochs=1, out=run, overwrite=True, progress=False, tensorboard="off", **SMALL)
+    assert not (run / "tensorboard").exists()
+    # without the package (or with tensorboard off) there are no event files, and nothing else changes
+    monkeypatch.setattr(training, "tensorboard_available", lambda: False)
+    other = pyro_vae.train(model="vae", epochs=1, out=tmp_path / "other", progress=False, **SMALL)
+    assert not (other / "tensorboard").exists()
+
+
+def test_overwrite_refuses_a_tensorboard_folder_with_foreign_files(tmp_path, cli_error):
+    pytest.importorskip("tensorboard")
+    run = pyro_vae.train(model="vae", epochs=1, out=tmp_path / "run", progress=False, **SMALL)
+    (run / "tensorboard" / "my-notes.txt").write_text("mine")
+    cli_error(["train", "--dataset", "digits", "--epochs", "1", "--out", str(run), "--overwrite"],
+              "also holds others (tensorboard)")
+    assert (run / "tensorboard" / "my-notes.txt").read_text() == "mine"

@@ -235,6 +235,10 @@ def test_cvae1_follows_the_covariate_it_is_given(tmp_path):
         pyro_vae.sample_run(run, n=8, covariates=[1.0, 2.0])
     with pytest.raises(UserError, match="conditions on covariates: --label does not apply"):
         pyro_vae.sample_run(run, n=8, label=1)
+    pyro_vae.sample_run(run, n=8, covariates=[-1.5])
+    # the sample files it wrote are the run's own: --overwrite may replace the whole run
+    pyro_vae.train(model="vae", dataset=str(tmp_path / "cov.npz"), out=run, overwrite=True, progress=False, **SMALL)
+    assert not list(run.glob("samples-covariates*"))
 
 
 def test_multi_hot_attributes_condition_the_samples(tmp_path):

@@ -7,6 +7,7 @@ or function) is recorded by its import path "package.module:Name", so `evaluate`
 """
 
 import dataclasses
+import importlib.util
 import re
 import typing
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class Config:
     val_size: float = 0.1  # a share of the training split, or (>= 1) a number of examples
     patience: int | None = None  # stop when the validation ELBO has not improved for this many epochs; keep best.pt
     lr_schedule: str | None = None  # "plateau": halve the learning rate after 10 epochs without improvement
+    tensorboard: str = "auto"  # event files in RUN/tensorboard: auto (where tensorboard is installed), on, off
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
@@ -163,6 +165,10 @@ class Config:
             raise BadValue(f"val_size is a share in (0, 1) or a whole number of examples, got {c.val_size!r}")
         if c.patience is not None:
             positive_int("patience", c.patience)
+        if c.tensorboard not in ("auto", "on", "off"):
+            raise UserError(f"tensorboard is auto, on or off, got {c.tensorboard!r}")
+        if c.tensorboard == "on" and importlib.util.find_spec("tensorboard") is None:
+            raise UserError("--tensorboard on needs the tensorboard package: pip install 'pyro-vae[tensorboard]'")
         if c.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"unknown lr_schedule {c.lr_schedule!r}; choose from "
                             f"{', '.join(str(k) for k in LR_SCHEDULES)}")

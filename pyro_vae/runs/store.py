@@ -39,11 +39,20 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "eval.j
 LOCK_FILE = ".pyro-vae.lock"
 
 
+TENSORBOARD_DIR = "tensorboard"  # the event files of the TensorBoard callback (pip install 'pyro-vae[tensorboard]')
+
+
 def is_run_file(path):
-    """Whether `path` in a run directory is one of the files this package writes there."""
-    name = Path(path).name
+    """Whether `path` in a run directory is one of the files this package writes there (the
+    tensorboard folder counts when it holds event files only)."""
+    path = Path(path)
+    name = path.name
+    if name == TENSORBOARD_DIR and path.is_dir() and not path.is_symlink():
+        return all(p.is_file() and not p.is_symlink() and p.name.startswith("events.out.tfevents.")
+                   for p in path.iterdir())
     return (name in RUN_FILES or name == LOCK_FILE or is_temporary(path)
-            or re.fullmatch(r"samples(_label\d+|-(label\d+-)?n\d+-seed\d+)\.png", name) is not None)
+            or re.fullmatch(r"samples(_label\d+|-((label\d+|attributes[0-9._]+|covariates[-0-9._e+]+)-)?n\d+-seed\d+)"
+                            r"\.png", name) is not None)
 
 
 def write_metrics(run_dir, history):
@@ -134,6 +143,10 @@ def prepare_run_dir(out, overwrite=False, check_only=False):
     for p in out.iterdir():  # a previous run's files (with --overwrite), and temporaries of a killed writer
         if p.name != LOCK_FILE and is_run_file(p) and p.is_file():
             p.unlink()
+        elif p.name == TENSORBOARD_DIR and is_run_file(p):  # event files only (checked above)
+            for event in p.iterdir():
+                event.unlink()
+            p.rmdir()
     return out
 
 

@@ -20,14 +20,15 @@ import torch
 from .. import distributed
 from ..data import Dataset, load_source
 from ..errors import Diverged, Interrupted, Terminated, UserError
-from ..estimators import active_units, latent_means
+from .. import plots
+from ..estimators import active_units, decode, latent_means
 from ..files import atomic_write, write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
 from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, Config, check_change, resolve_device
 from .figures import run_figures
-from .store import (RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
+from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
                     prepare_run_dir, read_config, restore, run_data, save_checkpoint, write_data_facts, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
@@ -245,6 +246,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                   f"train on (patience then counts from epoch {trainer.epoch})", flush=True)
         return run_dir
     callbacks = [Progress()] * bool(progress) + [selection, Checkpoints(run_dir, config, stop)]
+    if config.tensorboard != "off" and distributed.rank() == 0 and tensorboard_available():
+        callbacks.append(TensorBoard(run_dir, data))
     try:
         trainer.run(data, config.epochs, config.batch_size, callbacks)
     except Diverged as e:
@@ -321,6 +324,45 @@ class ModelSelection(Callback):
         if self.config.patience and history and min(bad, history[-1]["epoch"] - self.since) >= self.config.patience:
             return f"it stopped early after epoch {history[-1]['epoch']} (best epoch {best_epoch})"
         return None
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in RUN/tensorboard: the ELBOs, seconds and learning rate per epoch,
+    and a grid of samples at the end. metrics.jsonl stays the record; this is for watching."""
+
+    def __init__(self, run_dir, data):
+        from torch.utils.tensorboard import SummaryWriter  # the optional extra: present, checked by the caller
+
+        self.writer, self.data = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR)), data
+
+    def on_epoch_end(self, trainer, metrics):
+        for key in ("train_elbo", "val_elbo", "seconds"):
+            self.writer.add_scalar(key, metrics[key], metrics["epoch"])
+        self.writer.add_scalar("lr", trainer.optimizer.param_groups[0]["lr"], metrics["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, trainer):
+        model, data = trainer.model, self.data
+        if model.observed == "x" and data.is_image and trainer.history:
+            model.eval()
+            with torch.no_grad():
+                device = next(model.parameters()).device
+                labels = torch.arange(16, device=device) % max(1, data.n_classes)
+                images, _ = decode(model, *model_inputs(model, torch.zeros(16, data.x_dim, device=device), labels,
+                                                        data.n_classes)) if model.conditional and \
+                    data.condition == "label" else decode(model, torch.zeros(16, data.x_dim, device=device))
+            canvas = plots.grid_canvas(images, data.shape, 8)
+            self.writer.add_image("samples", torch.as_tensor(canvas).unsqueeze(0) if canvas.ndim == 2 else
+                                  torch.as_tensor(canvas).permute(2, 0, 1), trainer.epoch)
+        self.writer.close()
+
+
+def tensorboard_available():
+    try:
+        import torch.utils.tensorboard  # noqa: F401 (needs the tensorboard package)
+    except ImportError:
+        return False
+    return True
 
 
 class Stop:
