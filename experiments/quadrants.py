@@ -50,7 +50,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for n in (1, 2, 3):
-        shutil.copy(Path(args.runs) / f"completions-{n}.png", out / f"quadrants-{n}.png")
+        shutil.copy(Path(args.runs) / f"quadrants-{n}.png", out / f"quadrants-{n}.png")
     by = {(r["model"], r["given"]): r for r in rows}
     k, n_test = budget["iw_samples"], rows[0]["examples"]
     lines = [

@@ -19,14 +19,38 @@ The package is layered; each file imports only from the ones above it in this li
 This module is the Python API: the same functions the CLI calls.
 """
 
-from .data import Dataset, download, load_dataset
-from .errors import BadType, BadValue, UserError
-from .estimators import (accuracy, active_units, elbo_per_example, importance_sampled, latent_means, log_weights,
-                         predict)
-from .models import MODELS, ModelContract, build_model, model_inputs
-from .objectives import make_elbo
-from .runs import Config, compare, evaluate_run, load_run, read_metrics, sample_run, summarize, train
-from .svi import Callback, Trainer, fit
+import importlib
+
+# The API by name -> the module that defines it. Imported on first use (PEP 562), so `import
+# pyro_vae.cli` for `pyro-vae --help` does not import torch; `from pyro_vae import train` works as ever.
+_API = {
+    "data": ["Dataset", "download", "load_dataset"],
+    "errors": ["BadType", "BadValue", "UserError"],
+    "estimators": ["accuracy", "active_units", "elbo_per_example", "importance_sampled", "latent_means", "log_weights",
+                   "predict"],
+    "models": ["MODELS", "ModelContract", "build_model", "model_inputs"],
+    "objectives": ["make_elbo"],
+    "runs": ["Config", "compare", "evaluate_run", "load_run", "read_metrics", "sample_run", "summarize", "train"],
+    "svi": ["Callback", "Trainer", "fit"],
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+_MODULES = {"errors", "files", "data", "nets", "parts", "models", "objectives", "estimators", "distributed", "svi",
+            "plots", "runs", "cli"}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE) | _MODULES)
+
 
 __all__ = ["accuracy", "active_units", "predict", "Dataset", "download", "load_dataset", "UserError", "BadValue", "BadType",
            "elbo_per_example", "evaluate_run", "importance_sampled", "latent_means", "log_weights", "sample_run",

@@ -1,35 +1,77 @@
-"""The `pyro-vae` command: train, evaluate, sample, figures, quadrants, download (the top layer).
+"""The `pyro-vae` command: train, evaluate, sample, figures, quadrants, compare, download (the top layer).
 
 Each subcommand calls one function of the Python API (runs/, data.py); the option lists and the
-models' defaults in the help are read from the tables and classes they describe."""
+models' defaults in the help are read from the tables and classes they describe (`facts`), and the
+library is imported only once a command runs, so --help and argument errors answer at once."""
 
 import argparse
-import dataclasses
+import hashlib
+import json
 import os
 import sys
-
-import torch
+from pathlib import Path
 
 from . import errors
-from .data import CONDITIONS, DATASETS, download
 from .errors import UserError
-from .estimators import MAX_BATCH
-from .models import MODELS
-from .nets import ACTIVATIONS, NETS
-from .objectives import ELBOS
-from .parts import GUIDES, LIKELIHOODS, PRIORS
-from .runs.training import GRACE
-from .runs import DATASET_DEFAULTS, RESUMABLE, Config, evaluate_run, redraw_run, sample_run, train
-from .runs.quadrants import MODELS as QUADRANT_MODELS
-from .runs.quadrants import run_quadrants
-from .runs.compare import EVALUATION, SETTINGS, compare, summarize
+from .files import atomic_write
+
+# `pyro-vae --help` and a mistyped option answer without importing torch (seconds on its own): the
+# option lists and defaults come from `facts()`, read off the tables and classes once and cached
+# by the package's source hash; the library is imported when a command runs.
 
 
+def facts():
+    """What the parser shows and checks, read off the package's tables and classes: live where the
+    library is already imported (a test that patches a class sees it), else from a cache file kept
+    per source hash (so it can never be stale), computed and written on the first call."""
+    if "pyro_vae.runs" in sys.modules:
+        return compute_facts()
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256(sys.version.encode())
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro-vae" / f"cli-{h.hexdigest()[:24]}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    found = compute_facts()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda f: f.write(json.dumps(found).encode()))
+    except (OSError, UserError):  # a read-only home: no cache, only a slower start
+        pass
+    return found
 
-def per_dataset(setting):
-    """'per data set: digits N, 28x28 sets M', read off the run defaults."""
-    return (f"per data set: digits {DATASET_DEFAULTS['digits'][setting]}, "
-            f"28x28 sets {DATASET_DEFAULTS['28x28'][setting]}")
+
+def compute_facts():
+    import dataclasses
+
+    from .data import CONDITIONS, DATASETS
+    from .estimators import MAX_BATCH
+    from .models import MODELS
+    from .nets import ACTIVATIONS, NETS
+    from .objectives import ELBOS
+    from .parts import GUIDES, LIKELIHOODS, PRIORS
+    from .runs import DATASET_DEFAULTS, RESUMABLE, Config
+    from .runs.compare import EVALUATION, SETTINGS
+    from .runs.quadrants import MODELS as QUADRANT_MODELS
+    from .runs.training import GRACE
+
+    return {"models": {name: dict(cls.defaults) for name, cls in MODELS.items()}, "datasets": list(DATASETS),
+            "conditions": list(CONDITIONS), "max_batch": MAX_BATCH, "activations": list(ACTIVATIONS),
+            "nets": list(NETS), "elbos": list(ELBOS), "priors": list(PRIORS), "guides": list(GUIDES),
+            "likelihoods": list(LIKELIHOODS), "dataset_defaults": DATASET_DEFAULTS, "resumable": list(RESUMABLE),
+            "config": dataclasses.asdict(Config()), "train_settings": [f.name for f in dataclasses.fields(Config)
+                                                                       if f.name not in ("device_used", "changes")],
+            "evaluation": EVALUATION, "compare_settings": [f for f in SETTINGS if f != "seed"],
+            "quadrant_models": list(QUADRANT_MODELS), "grace": GRACE}
+
+
+def per_dataset(setting, F):
+    """'per data set: digits N, 28x28 sets M, your own data K', read off the run defaults."""
+    d = F["dataset_defaults"]
+    return f"per data set: digits {d['digits'][setting]}, 28x28 sets {d['28x28'][setting]}, your own {d['files'][setting]}"
 
 
 def checked(parse, check):
@@ -81,12 +123,16 @@ def widths_setting(text):
     return values[0] if len(values) == 1 else values
 
 
-def dataset_choice(text):
+def dataset_choice(datasets):
     """--dataset: a built-in name, torchvision:NAME, or the path of a file or folder that exists."""
-    if text in DATASETS or text.startswith("torchvision:") or os.path.exists(text):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown data set {text!r}: not one of {', '.join(DATASETS)}, and no such file "
-                                     f"or folder")
+
+    def convert(text):
+        if text in datasets or text.startswith("torchvision:") or os.path.exists(text):
+            return text
+        raise argparse.ArgumentTypeError(f"unknown data set {text!r}: not one of {', '.join(datasets)}, and no such "
+                                         f"file or folder")
+
+    return convert
 
 
 def numbers(text):
@@ -135,7 +181,7 @@ def setting_value(text):
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
-def compare_grid(args):
+def compare_grid(args, COMPARE_SETTINGS):
     """(shared, vary) from compare's options: one value is shared, several are varied."""
     shared, vary = {}, {}
     given = {"model": (args.models or []) + (getattr(args, "model") or [])}
@@ -159,11 +205,11 @@ def labels_setting(text):
     return text if text == "all" else positive_int(text)
 
 
-def model_defaults(part, otherwise):
+def model_defaults(part, otherwise, F):
     """'default: X for m1/m2, Y otherwise' for a part, read off the model classes."""
     by_default = {}
-    for name, cls in MODELS.items():
-        by_default.setdefault(cls.defaults[part], []).append(name)
+    for name, defaults in F["models"].items():
+        by_default.setdefault(defaults[part], []).append(name)
     common = max(by_default, key=lambda k: len(by_default[k]))
     rest = "; ".join(f"{value} for {'/'.join(names)}" for value, names in by_default.items() if value != common)
     return f"default: {rest}{'; ' if rest else ''}{common} otherwise{otherwise}"
@@ -194,45 +240,49 @@ def non_negative_float(text):
 
 
 def parser():
+    F = facts()
     p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = HelpFormatter
 
     t = sub.add_parser("train", help="train a model into a run directory", formatter_class=fmt)
-    c = Config()
+    c = argparse.Namespace(**F["config"])
+    MODELS, DATASETS = F["models"], F["datasets"]
     t.add_argument("--model", default=c.model, choices=list(MODELS),
                    help="vae; cvae1..cvae4 (conditional VAEs); m2 (semi-supervised); ae, dae (autoencoder baselines)")
-    t.add_argument("--dataset", default=c.dataset, type=dataset_choice, metavar="{" + ",".join(DATASETS) + "}|PATH",
+    t.add_argument("--dataset", default=c.dataset, type=dataset_choice(DATASETS), metavar="{" + ",".join(DATASETS) + "}|PATH",
                    help="a built-in data set; or your own: a .npz file (arrays x, and optionally labels, y, x_test, "
                         "labels_test, y_test), a .npy file of x, a folder of images in one subfolder per class, or "
                         "torchvision:NAME (with --data-dir; needs torchvision)")
     t.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files, searched first; then $PYRO_VAE_DATA, "
                    "~/.cache/pyro-vae, /usr/share/datasets")
-    t.add_argument("--condition", default=None, choices=CONDITIONS,
+    t.add_argument("--condition", default=None, choices=F["conditions"],
                    help="what conditional models read as y: the class label (one-hot), attributes (0/1 values of the "
                         "array y) or covariates (real values of y) (default: label where there are labels, else y)")
-    t.add_argument("--epochs", type=positive_int, default=None, help=per_dataset("epochs"))
-    t.add_argument("--batch-size", type=positive_int, default=None, help=per_dataset("batch_size"))
+    t.add_argument("--epochs", type=positive_int, default=None, help=per_dataset("epochs", F))
+    t.add_argument("--batch-size", type=positive_int, default=None, help=per_dataset("batch_size", F))
     t.add_argument("--lr", type=positive_float, default=c.lr, help="Adam learning rate")
-    t.add_argument("--z-dim", type=positive_int, default=None, help=per_dataset("z_dim"))
+    t.add_argument("--z-dim", type=positive_int, default=None, help=per_dataset("z_dim", F))
     t.add_argument("--hidden", type=widths_setting, default=None, metavar="N[,N...]",
-                   help=per_dataset("hidden") + "; a list gives one hidden layer per width, e.g. 512,256")
-    t.add_argument("--net", type=part_choice("net", NETS), default=c.net, metavar="{mlp,gated,conv}|MODULE:NAME",
+                   help=per_dataset("hidden", F) + "; a list gives one hidden layer per width, e.g. 512,256")
+    t.add_argument("--net", type=part_choice("net", F["nets"]), default=c.net,
+                   metavar="{" + ",".join(F["nets"]) + "}|MODULE:NAME",
                    help="the body of every network: fully connected, gated dense layers (VampPrior paper), or "
                         "convolutions for images; or a network class of your own")
     for role in ("encoder", "decoder", "prior"):
-        t.add_argument(f"--{role}-net", type=part_choice("net", NETS), default=None, metavar="NAME|MODULE:NAME",
+        t.add_argument(f"--{role}-net", type=part_choice("net", F["nets"]), default=None, metavar="NAME|MODULE:NAME",
                        help=f"another body for the {role}'s network (default: --net)")
-    t.add_argument("--activation", default=c.activation, choices=list(ACTIVATIONS), help="hidden layers' activation")
-    t.add_argument("--prior", type=part_choice("prior", PRIORS), metavar="{normal,class-mean,conditional,mog,vamp}|MODULE:NAME", default=None,
-                   help=f"prior ({model_defaults('prior', '')})")
-    t.add_argument("--guide", type=part_choice("guide", GUIDES), metavar="{diagonal,lowrank,iaf,delta}|MODULE:NAME", default=None,
-                   help=f"guide q(z|.) ({model_defaults('guide', '')})")
-    t.add_argument("--likelihood", type=part_choice("likelihood", LIKELIHOODS), metavar="{bernoulli,cbernoulli,normal,categorical}|MODULE:NAME", default=None,
-                   help=f"p(x|.) ({model_defaults('likelihood', '; cbernoulli and normal train on grey pixels')})")
-    t.add_argument("--elbo", default=None, choices=list(ELBOS),
+    t.add_argument("--activation", default=c.activation, choices=F["activations"], help="hidden layers' activation")
+    t.add_argument("--prior", type=part_choice("prior", F["priors"]), metavar="{" + ",".join(F["priors"]) + "}|MODULE:NAME", default=None,
+                   help=f"prior ({model_defaults('prior', '', F)})")
+    t.add_argument("--guide", type=part_choice("guide", F["guides"]), metavar="{" + ",".join(F["guides"]) + "}|MODULE:NAME", default=None,
+                   help=f"guide q(z|.) ({model_defaults('guide', '', F)})")
+    t.add_argument("--likelihood", type=part_choice("likelihood", F["likelihoods"]),
+                   metavar="{" + ",".join(F["likelihoods"]) + "}|MODULE:NAME", default=None,
+                   help=f"p(x|.) ({model_defaults('likelihood', '; cbernoulli and normal train on grey pixels', F)})")
+    t.add_argument("--elbo", default=None, choices=F["elbos"],
                    help=f"objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL), the IWAE bound, TraceEnum_ELBO "
-                        f"({model_defaults('elbo', '')})")
+                        f"({model_defaults('elbo', '', F)})")
     t.add_argument("--particles", type=positive_int, default=c.particles,
                    help="ELBO particles per example (K of the IWAE bound)")
     t.add_argument("--beta", type=non_negative_float, default=c.beta,
@@ -267,7 +317,7 @@ def parser():
                         "(only --epochs, a new total, --device, --data-dir, and against divergence --lr and --clip-grad, may be given)")
     t.add_argument("--overwrite", action="store_true",
                    help="let --out replace a previous run (only the files a run writes; never others)")
-    t.add_argument("--grace", type=checked(float, errors.non_negative_number), default=GRACE, metavar="SECONDS",
+    t.add_argument("--grace", type=checked(float, errors.non_negative_number), default=F["grace"], metavar="SECONDS",
                    help="on SIGTERM, finish the current epoch if it ends within SECONDS, else stop at once; "
                         "either way the last epoch's checkpoint is kept and the exit status is 143")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -277,7 +327,7 @@ def parser():
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--iw-samples", type=positive_int, default=5000, help="K, importance samples per example")
     e.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images (default: all)")
-    e.add_argument("--max-batch", type=positive_int, default=MAX_BATCH,
+    e.add_argument("--max-batch", type=positive_int, default=F["max_batch"],
                    help="(sample, example) pairs through the networks at once: bounds memory")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -298,7 +348,7 @@ def parser():
     q.add_argument("--data-dir", default=None, help="folder holding the IDX .gz files (searched first)")
     q.add_argument("--given", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
                    help="numbers of given quadrants")
-    q.add_argument("--models", nargs="+", default=list(QUADRANT_MODELS), choices=QUADRANT_MODELS,
+    q.add_argument("--models", nargs="+", default=F["quadrant_models"], choices=F["quadrant_models"],
                    help="baseline network, cvae3 (CVAE bound), hybrid (CVAE + GSNN)")
     q.add_argument("--epochs", type=positive_int, default=5, help="training epochs per model")
     q.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
@@ -311,6 +361,8 @@ def parser():
     q.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training images")
     q.add_argument("--seed", type=int, default=0, help="random seed")
     q.add_argument("--out", default="runs/quadrants", help="folder for results.json, weights and figures")
+    q.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    q.add_argument("--quiet", action="store_true", help="no opening line or per-result lines")
 
     s = sub.add_parser("sample", help="a PNG grid of draws from a trained model", formatter_class=fmt)
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -330,7 +382,7 @@ def parser():
                        formatter_class=fmt)
     f.add_argument("run_dir", metavar="RUN_DIR")
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    k = sub.add_parser("compare", help="a grid of runs over variants and seeds, summarized with 95% intervals",
+    k = sub.add_parser("compare", help="a grid of runs over variants and seeds, summarized with 95%% intervals",
                        formatter_class=fmt,
                        description="Runs one train + evaluate per cell (variant x seed) into --out, then writes "
                                    "summary.md/.csv/.json and figures there. Any train setting may be shared (one value) "
@@ -342,13 +394,13 @@ def parser():
     k.add_argument("--models", action="append", default=None, metavar="M1,M2,...", help="the models compared")
     k.add_argument("--seeds", type=seeds_setting, default=None, metavar="N|S1,S2,...",
                    help="seeds 0..N-1, or these seeds (default: 5)")
-    for field in COMPARE_SETTINGS:
+    for field in F["compare_settings"]:
         k.add_argument("--" + field.replace("_", "-"), action="append", default=None, metavar="V[,V...]",
                        help=argparse.SUPPRESS if field == "model" else None)
-    k.add_argument("--iw-samples", type=positive_int, default=EVALUATION["iw_samples"],
+    k.add_argument("--iw-samples", type=positive_int, default=F["evaluation"]["iw_samples"],
                    help="K, importance samples per test example")
     k.add_argument("--examples", type=positive_int, default=None, help="score only the first N test examples (default: all)")
-    k.add_argument("--fidelity-samples", type=positive_int, default=EVALUATION["fidelity_samples"],
+    k.add_argument("--fidelity-samples", type=positive_int, default=F["evaluation"]["fidelity_samples"],
                    help="samples per class for label fidelity")
     k.add_argument("--out", default=None, help="the experiment directory (default: the experiment file's folder, or "
                                                "runs/compare)")
@@ -371,19 +423,20 @@ def parser():
     return p
 
 
-# The Config fields compare takes as --NAME V[,V...] (shared or varied).
-COMPARE_SETTINGS = [f for f in SETTINGS if f != "seed"]
-
-# The Config fields `train` has an option for (the rest are written by training itself).
-TRAIN_SETTINGS = [f.name for f in dataclasses.fields(Config) if f.name not in ("device_used", "changes")]
-
-
 def main(argv=None):
     p = parser()
     try:
         args = p.parse_args(argv)
     except SystemExit as e:  # a bad argument (already reported in one line) or --help
         return e.code
+    import torch  # the library, now that a command runs
+
+    from .data import download
+    from .runs import Config, compare, evaluate_run, redraw_run, sample_run, summarize, train
+    from .runs.quadrants import run_quadrants
+
+    F = facts()
+    TRAIN_SETTINGS, RESUMABLE = F["train_settings"], F["resumable"]
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
@@ -408,7 +461,7 @@ def main(argv=None):
             if args.summarize:
                 summarize(args.summarize, reference=args.reference, progress=not args.quiet)
                 return 0
-            shared, vary = compare_grid(args)
+            shared, vary = compare_grid(args, F["compare_settings"])
             evaluation = {"iw_samples": args.iw_samples, "examples": args.examples,
                           "fidelity_samples": args.fidelity_samples}
             if args.experiment:
@@ -461,8 +514,10 @@ def main(argv=None):
                 raise UserError(f"alpha must be in [0, 1], got {args.alpha}")
             rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,
                                  args.batch_size, args.lr, args.z_dim, args.hidden, args.alpha, args.iw_samples,
-                                 args.examples, args.train_size, args.seed, progress=True)
-            print(f"results ({len(rows)} rows), weights and figures in {args.out}")
+                                 args.examples, args.train_size, args.seed, progress=not args.quiet,
+                                 device=args.device)
+            print(f"pyro-vae quadrants: {len(rows)} results in {args.out}/results.json; weights and figures "
+                  f"(quadrants-N.png) beside them")
         elif args.command == "sample":
             path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace,
                               attributes=args.attributes, covariates=args.covariates)

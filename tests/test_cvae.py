@@ -284,10 +284,10 @@ def test_run_quadrants_on_digits(tmp_path):
     for r in rows:
         assert 0 < r["nll_is"] < 32 * math.log(2) + 1  # better than a coin per hidden pixel, after 3 epochs
         assert r["nll_is"] <= r["neg_elbo_10"] + 0.5
-    assert (tmp_path / "completions-2.png").is_file() and (tmp_path / "results.json").is_file()
-    (tmp_path / "completions-2.png").unlink()
+    assert (tmp_path / "quadrants-2.png").is_file() and (tmp_path / "results.json").is_file()
+    (tmp_path / "quadrants-2.png").unlink()
     redraw(tmp_path)  # the figures again, from the saved weights
-    assert (tmp_path / "completions-2.png").is_file()
+    assert (tmp_path / "quadrants-2.png").is_file()
 
 
 def test_bad_classifier_file_is_a_user_error(tmp_path):

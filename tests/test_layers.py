@@ -19,6 +19,11 @@ ORDER = [
 ]
 
 
+# The one module that imports the library when it is needed: `pyro-vae --help` and a mistyped option
+# must answer in well under a second, without importing torch (cli.facts caches what they show).
+DEFERRED = {"cli"}
+
+
 def module_name(path):
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     return ".".join(p for p in parts if p != "__init__")
@@ -69,7 +74,7 @@ def test_imports_go_down_the_layers_only():
                 wrong.append(f"{path.name}:{line} imports unknown module {target!r}")
             elif rank[target] >= rank[me]:
                 wrong.append(f"{me or '__init__'}:{line} imports {target or 'the package'}, a layer above it")
-            if not top:
+            if not top and me not in DEFERRED:
                 wrong.append(f"{me or '__init__'}:{line} imports {target} inside a function (deferred import)")
     assert not wrong, "\n".join(wrong)
 

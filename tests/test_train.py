@@ -1,6 +1,7 @@
 """Training improves the bound on real data; the CLI runs end to end; a seeded run repeats."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,22 @@ def test_evaluate_shows_progress_lines_when_output_is_not_a_terminal(tmp_path, c
     tenths = [line for line in err.splitlines() if line.startswith("log-likelihood (K=20): ")]
     assert [line.split(": ")[1].split("%")[0] for line in tenths] == [str(10 * k) for k in range(1, 11)]
     assert "s left" in tenths[0]
+
+
+def test_help_and_argument_errors_do_not_import_torch(tmp_path):
+    """`pyro-vae --help` and a mistyped option answer without importing the library (seconds of torch):
+    the first call reads the option lists off the classes and caches them per source hash."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = ("import sys; from pyro_vae.cli import main; status = main(sys.argv[1:]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', status)")
+    first = subprocess.run([sys.executable, "-c", code, "train", "--help"], env=env, capture_output=True, text=True)
+    assert "--patience" in first.stdout and first.stdout.strip().endswith("TORCH 0")  # computed, then cached
+    assert list((tmp_path / "cache" / "pyro-vae").glob("cli-*.json"))
+    for argv, status in [(["--help"], 0), (["train", "--help"], 0), (["compare", "--help"], 0),
+                         (["train", "--modle", "vae"], 2), (["train", "--model", "cvae9"], 2)]:
+        done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True)
+        assert done.stdout.strip().endswith(f"NO-TORCH {status}"), (argv, done.stdout[-200:], done.stderr[-300:])
+    # the help is the same as the one read live from the classes
+    live = subprocess.run([sys.executable, "-c", "import pyro_vae.runs, sys; from pyro_vae.cli import main; "
+                           "main(['train', '--help'])"], env=env, capture_output=True, text=True).stdout
+    assert live == first.stdout.rsplit("TORCH", 1)[0]

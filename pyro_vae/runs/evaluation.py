@@ -35,6 +35,11 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
         positive_int("examples", examples)
     model, config, data = load_run(run_dir, device, checkpoint)
     check_writable(run_dir)  # before the scoring, which can take minutes: nothing is computed for nothing
+    if progress:
+        print(f"pyro-vae: evaluating {config.model} of {run_dir} ({model.checkpoint['file']}, epoch "
+              f"{model.checkpoint['epoch']}) on {min(len(data.splits['test'][0]), examples or len(data.splits['test'][0]))} "
+              f"test examples of {data.name}, K = {iw_samples}, {next(model.parameters()).device}; writing "
+              f"{run_dir}/eval.json", flush=True)
     x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()

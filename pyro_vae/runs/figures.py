@@ -99,6 +99,12 @@ def reconstructions(model, data, path, n=16):
     title = f"{type(model).__name__} on {data_title(data)}: test examples and reconstructions (mean of p(x|z) at E[z|x])"
     if not data.is_image:
         return plots.vector_lines({"data": x[:8], "reconstruction": recon[:8]}, path, title, value_label(data))
+    if data.binarized:  # binary data beside binary draws of p(x|z), so both rows are on one scale
+        draw = torch.bernoulli(recon, generator=torch.Generator(device=recon.device).manual_seed(0))
+        title = (f"{type(model).__name__} on {data_title(data)}: binarized test images, a draw of p(x|z) and its "
+                 f"mean, at z = E[z|x]")
+        return plots.image_grid(torch.cat([x[:n], draw, recon]), data.shape, path, n, title=title,
+                                row_labels=["data", "draw", "mean"])
     return plots.image_grid(torch.cat([x[:n], recon]), data.shape, path, n, title=title, row_labels=["data", "recon"])
 
 

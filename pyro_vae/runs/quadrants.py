@@ -32,6 +32,7 @@ from ..models import CVAE3
 from ..objectives import make_elbo
 from ..parts import BernoulliDecoder
 from ..svi import fit
+from .config import resolve_device
 from .store import create_dir
 
 
@@ -178,16 +179,26 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
         rows += list(c)
         labels += [name] if len(c) == 1 else [f"{name} z{i + 1}" for i in range(len(c))]
     return plots.image_grid(torch.cat(rows), data.shape, path, n_images, row_labels=labels, gap=0.25,
-                      title=f"{data.name}, {n_given} given: mean of p(y|x,z), z ~ p(z|x)")
+                            title=f"{data.name}, {n_given} of 4 quadrants given: the mean of p(y|x,z) with the given "
+                                  f"pixels pasted back; rows 'cvae3 z1..z3' and 'hybrid z1..z3' are three draws "
+                                  f"z ~ p(z|x) each (the baseline has no z: one row)")
 
 
 def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), models=MODELS, epochs=5,
                   batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=1000, examples=None,
-                  train_size=None, seed=0, progress=True):
-    """Train and score every (model, number of given quadrants); writes OUT/results.json, each
-    model's weights (OUT/<model>-<n>.pt, tensors only) and OUT/completions-<n>.png. Returns the rows."""
+                  train_size=None, seed=0, progress=True, device="cpu"):
+    """Train and score every (model, number of given quadrants) on `device`; writes
+    OUT/results.json, each model's weights (OUT/<model>-<n>.pt, tensors only) and
+    OUT/quadrants-<n>.png. Returns the rows."""
     out = create_dir(out, "output folder")
-    data = load_dataset(dataset, data_dir, "cpu", binarize=True, train_size=train_size, seed=seed)
+    device = resolve_device(device)
+    data = load_dataset(dataset, data_dir, device, binarize=True, train_size=train_size, seed=seed)
+    if not data.is_image or len(data.shape) != 2:
+        raise UserError(f"{dataset}: quadrant completion is for grey images (H, W); its examples have shape {data.shape}")
+    if progress:
+        print(f"pyro-vae quadrants: {', '.join(models)} x {len(given)} numbers of given quadrants on {dataset} "
+              f"({len(data.splits['train'][0])} training images), {epochs} epochs each, {device}; writing into {out}",
+              flush=True)
     if data.shape[0] % 2 or data.shape[1] % 2:
         raise UserError(f"{dataset}: images of {data.shape} pixels do not split into equal quadrants")
     rows = []
@@ -196,6 +207,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
         for name in models:
             pyro.set_rng_seed(seed)
             model, objective = build(name, n, data.x_dim, data.shape, z_dim, hidden, alpha)
+            model.to(device)
             seconds = fit_quadrants(model, objective, data, epochs, batch_size, lr)
             weights = model.state_dict()
             atomic_write(out / f"{name}-{n}.pt", lambda f: torch.save(weights, f))
@@ -205,7 +217,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
                 print(result_line(row), flush=True)
             rows.append(row)
             trained[name] = model
-        completion_figure(trained, data, n, out / f"completions-{n}.png")
+        completion_figure(trained, data, n, out / f"quadrants-{n}.png")
     settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
                     lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
                     train_size=train_size, seed=seed)
@@ -220,7 +232,7 @@ def result_line(row):
 
 
 def redraw(out, data_dir=None):
-    """Redraw OUT/completions-<n>.png from the weights and settings a `run_quadrants` left in OUT."""
+    """Redraw OUT/quadrants-<n>.png from the weights and settings a `run_quadrants` left in OUT."""
     out = Path(out)
     settings = json.loads((out / "results.json").read_text())["settings"]
     data = load_dataset(settings["dataset"], data_dir, "cpu", binarize=True, seed=settings["seed"])
@@ -230,4 +242,4 @@ def redraw(out, data_dir=None):
             model, _ = build(name, n, data.x_dim, data.shape, settings["z_dim"], settings["hidden"], settings["alpha"])
             model.load_state_dict(torch.load(out / f"{name}-{n}.pt", weights_only=True))
             models[name] = model.eval()
-        completion_figure(models, data, n, out / f"completions-{n}.png")
+        completion_figure(models, data, n, out / f"quadrants-{n}.png")

@@ -342,8 +342,17 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_train_end(self, trainer):
+        try:
+            self.add_samples(trainer)
+        except (ValueError, RuntimeError):  # training ended on bad weights (a divergence): the scalars say so
+            pass
+        finally:
+            self.writer.close()
+
+    def add_samples(self, trainer):
         model, data = trainer.model, self.data
-        if model.observed == "x" and data.is_image and trainer.history:
+        finite = all(torch.isfinite(p).all() for p in model.parameters())
+        if model.observed == "x" and data.is_image and trainer.history and finite:
             model.eval()
             with torch.no_grad():
                 device = next(model.parameters()).device
@@ -354,7 +363,6 @@ class TensorBoard(Callback):
             canvas = plots.grid_canvas(images, data.shape, 8)
             self.writer.add_image("samples", torch.as_tensor(canvas).unsqueeze(0) if canvas.ndim == 2 else
                                   torch.as_tensor(canvas).permute(2, 0, 1), trainer.epoch)
-        self.writer.close()
 
 
 def tensorboard_available():
