@@ -1,5 +1,8 @@
 """How much does the PPL cost? pyro_vae.fit against a hand-written PyTorch loop, side by side.
 
+`ours` is fit with the captured SVI step (--compile on, pyro_vae/capture.py); `eager` is the same fit
+with --compile off, on a copy of the same networks, its epochs interleaved with ours.
+
 Both train the same networks (the hand-written copy starts from the same weights) on the same
 binarized Fashion-MNIST with the same Adam; the epochs alternate (one epoch of fit, then one of
 the hand-written loop, from a fit callback) so both see the same machine load. A third
@@ -119,6 +122,9 @@ def run_setting(args, name, batch_size):
     plain = copy.deepcopy(ref)
     svi = SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO(max_plate_nesting=1))
     plain_times = []
+    eager = copy.deepcopy(ref)  # fit's eager step (--compile off) on a third copy, epoch by epoch beside ours
+    eager_trainer = pyro_vae.Trainer(eager, lr=args.lr, compile="off")
+    eager_times = []
 
     class ReferenceEpoch(pyro_vae.Callback):
         def on_epoch_end(self, trainer, metrics):  # after each epoch of fit, one epoch of the reference loop
@@ -130,6 +136,10 @@ def run_setting(args, name, batch_size):
             ref_elbos.append(elbo)
             if cuda:
                 peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
+            pyro.clear_param_store()  # the eager copy registers its modules under ours' names
+            eager_trainer.run(data, eager_trainer.epoch + 1, batch_size)
+            eager_times.append(eager_trainer.history[-1]["seconds"])
+            pyro.clear_param_store()
             if args.plain:
                 # ours and the plain copy register modules under the same names; fit steps its modules'
                 # own tensors, SVI steps the param store's, so each copy gets a fresh store in turn
@@ -140,7 +150,7 @@ def run_setting(args, name, batch_size):
                 torch.cuda.reset_peak_memory_stats()
 
     history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, progress=False,
-                           callbacks=[ReferenceEpoch()])
+                           callbacks=[ReferenceEpoch()], compile="on")
     x_val, y_val = data.splits["val"]
     ref.eval()
     ref_val = pyro_vae.elbo_per_example(ref.model, ref.guide,
@@ -148,12 +158,14 @@ def run_setting(args, name, batch_size):
     if not cuda:
         peaks = {path: memory_probe(args, name, batch_size, path) for path in ("ours", "hand")}
     ours_s = statistics.median(h["seconds"] for h in history[1:])  # epoch 1 is the warm-up
+    eager_s = statistics.median(eager_times[1:])
     hand_s = statistics.median(ref_times[1:])
     plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
     numpyro_s, numpyro_elbo = numpyro_epoch(args, batch_size) if args.numpyro and name == "vae" else (math.nan, math.nan)
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
     min_ratio = min(h["seconds"] for h in history[1:]) / min(ref_times[1:])
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
+            "eager_s": eager_s, "eager_ratio": eager_s / hand_s, "capture_s": history[0]["seconds"] - eager_times[0],
             "min_ratio": min_ratio,
             "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
             "numpyro_s": numpyro_s, "numpyro_ratio": numpyro_s / hand_s, "numpyro_elbo": numpyro_elbo,
@@ -226,7 +238,8 @@ def main():
     print(machine())
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
-    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'plain s/ep':>10} {'ratio':>6} "
+    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'eager s/ep':>10} "
+              f"{'ratio':>6} {'capture s':>9} {'plain s/ep':>10} {'ratio':>6} "
               f"{'numpyro s/ep':>12} {'ratio':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
@@ -234,11 +247,14 @@ def main():
         for batch_size in map(int, args.batches.split(",")):
             r = run_setting(args, name, batch_size)
             print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} {r['min_ratio']:6.3f} "
+                  f"{r['eager_s']:10.3f} {r['eager_ratio']:6.3f} {r['capture_s']:9.2f} "
                   f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} {r['numpyro_s']:12.3f} {r['numpyro_ratio']:6.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
             prefix = "" if name == "vae" else f"{name}_"
             summary[f"{prefix}ratio_b{batch_size}"] = round(r["ratio"], 4)
+            summary[f"{prefix}eager_ratio_b{batch_size}"] = round(r["eager_ratio"], 4)
+            summary[f"{prefix}capture_s_b{batch_size}"] = round(r["capture_s"], 3)
             summary[f"{prefix}min_ratio_b{batch_size}"] = round(r["min_ratio"], 4)
             summary[f"{prefix}ours_s_b{batch_size}"] = round(r["ours_s"], 4)
             summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)

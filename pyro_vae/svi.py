@@ -20,6 +20,7 @@ is off for the rest of training, the validation ELBO included.
 """
 
 import math
+import sys
 import time
 
 import pyro
@@ -28,6 +29,7 @@ from pyro.infer.util import is_validation_enabled
 from tqdm import tqdm
 
 from . import distributed
+from .capture import CapturedStep, CaptureFailed
 from .data import batches, binarize
 from .errors import BadValue, Diverged, UserError, positive_int
 from .estimators import elbo_per_example
@@ -77,6 +79,11 @@ class Progress(Callback):
             self.bar.close()
 
 
+# --compile: off (eager), on (the step captured once per shape and replayed), inductor (and compiled),
+# auto (eager until the captured step measures faster on the benchmark).
+COMPILE_MODES = ("auto", "on", "inductor", "off")
+
+
 class Trainer:
     """SVI on one model: the objective (an ELBO from `pyro.infer`, `trace` by default), Adam at
     `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
@@ -87,7 +94,8 @@ class Trainer:
     `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
     keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
 
-    def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None):
+    def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None,
+                 compile="auto"):
         # pyro.module registers parameters by name in Pyro's global store; a store still holding an
         # earlier model's tensors under the same names would shadow this model's (JIT tracing and
         # pyro.optim read the store), so start from an empty one.
@@ -107,9 +115,36 @@ class Trainer:
         # DDP around the module that computes the ELBO, under torchrun
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
+        self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
         self.batch_size = None
+
+    def choose_capture(self, compile):
+        """(a CapturedStep or None, a line saying which step runs and why). "auto" and "on" capture
+        the loss where it can be captured; "off" keeps the eager step."""
+        if compile not in COMPILE_MODES:
+            raise UserError(f"compile is {', '.join(COMPILE_MODES)}, got {compile!r}")
+        why = None
+        if compile == "off":
+            why = "--compile off"
+        elif compile == "auto":  # on where it measures faster: not yet on this package's CPU benchmark
+            why = ("--compile auto, which is eager until the captured step measures faster (experiments/results/"
+                   "benchmark.md: mixed on a 2-core CPU); --compile on captures it")
+        elif not self.differentiable:
+            why = f"{type(self.elbo).__name__} has no differentiable loss to capture"
+        elif self.warmup_epochs:
+            why = "the KL warm-up changes its weight every step, and a captured step would keep the first"
+        elif distributed.world_size() > 1:
+            why = "DDP synchronises gradients in its own backward hooks"
+        elif type(self.elbo).__name__.startswith("Jit"):
+            why = "--jit compiles the loss its own way"
+        if why:
+            return None, f"eager SVI step: {why}"
+        if compile == "inductor":
+            return (CapturedStep(self.model, self.loss_fn, compiler="inductor"),
+                    "captured SVI step, compiled by Inductor (once per batch shape; the first steps wait for it)")
+        return CapturedStep(self.model, self.loss_fn), "captured SVI step (the loss traced once per batch shape)"
 
     def set_lr(self, lr):
         """A new learning rate (a resumed optimizer state carries the old one)."""
@@ -201,7 +236,14 @@ class Trainer:
         """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(validate):
-            if self.differentiable:
+            if self.captured is not None and not validate:  # the first, checked step runs eagerly
+                try:
+                    loss = self.captured(*args)
+                except CaptureFailed as e:
+                    self.captured, self.capture_note = None, f"eager SVI step: the loss could not be captured ({e})"
+                    print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
+                    return self._step(args, validate)
+            elif self.differentiable:
                 loss = self.loss_fn(*args)
                 distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
             else:

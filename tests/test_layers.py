@@ -13,7 +13,7 @@ PACKAGE = Path(pyro_vae.__file__).parent
 # Lowest first: a module may import only modules listed before it. "" is the package itself
 # (pyro_vae/__init__.py, the Python API), which sits on top with the CLI.
 ORDER = [
-    "errors", "files", "data", "nets", "parts", "models", "objectives", "estimators", "distributed", "svi", "plots",
+    "errors", "files", "data", "nets", "parts", "models", "objectives", "capture", "estimators", "distributed", "svi", "plots",
     "runs.config", "runs.store", "runs.classifier", "runs.figures", "runs.training", "runs.evaluation",
     "runs.quadrants", "runs.compare", "runs", "cli", "", "__main__",
 ]

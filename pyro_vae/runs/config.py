@@ -22,6 +22,7 @@ from ..errors import BadType, BadValue, UserError, finite, non_negative_number, 
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
 from ..objectives import ELBOS
+from ..svi import COMPILE_MODES
 from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, REAL_LIKELIHOODS, UNIT_LIKELIHOODS, Y_LIKELIHOODS, import_object, import_path
 
 # Sizes that fit each data set, used where a setting is left as None.
@@ -83,6 +84,7 @@ class Config:
     patience: int | None = None  # stop when the validation ELBO has not improved for this many epochs; keep best.pt
     lr_schedule: str | None = None  # "plateau": halve the learning rate after 10 epochs without improvement
     tensorboard: str = "auto"  # event files in RUN/tensorboard: auto (where tensorboard is installed), on, off
+    compile: str = "auto"  # the SVI step captured once per batch shape (capture.py): auto, on, off
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
@@ -165,6 +167,8 @@ class Config:
             raise BadValue(f"val_size is a share in (0, 1) or a whole number of examples, got {c.val_size!r}")
         if c.patience is not None:
             positive_int("patience", c.patience)
+        if c.compile not in COMPILE_MODES:
+            raise UserError(f"compile is {', '.join(COMPILE_MODES)}, got {c.compile!r}")
         if c.tensorboard not in ("auto", "on", "off"):
             raise UserError(f"tensorboard is auto, on or off, got {c.tensorboard!r}")
         if c.tensorboard == "on" and importlib.util.find_spec("tensorboard") is None:

@@ -197,7 +197,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
         record_changes(config, overrides, state["epoch"])
     config.device_used = str(device)
     trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.current("lr"),
-                      beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"))
+                      beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"),
+                      compile=config.compile)
     if state:
         restore(trainer, state, config, run_dir / "checkpoint.pt")
     done = trainer.epoch
@@ -238,6 +239,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
         print(f"pyro-vae: {what}: {config.dataset} ({len(data.splits['train'][0])} training, "
               f"{len(data.splits['val'][0])} validation examples), {device}, {torch.get_num_threads()} threads",
               flush=True)
+        if config.compile in ("on", "inductor"):
+            print(f"pyro-vae: {trainer.capture_note}", flush=True)
 
     selection = ModelSelection(run_dir, config, since=trainer.epoch if more else 0)
     if resuming and not more and selection.stopped(trainer.history):
@@ -270,6 +273,10 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                 print(f"pyro-vae: warning: posterior collapse: 0 of {config.z_dim} latent units active on the validation "
                       f"split, so the decoder ignores z; try more epochs, a KL warm-up (--warmup-epochs) or a smaller "
                       f"--beta", file=sys.stderr, flush=True)
+        if progress and trainer.captured is not None and trainer.captured.graphs:
+            print(f"pyro-vae: captured step: {len(trainer.captured.graphs)} graph(s), one per batch shape, "
+                  f"{trainer.captured.seconds:.1f} s to capture{' and compile' if config.compile == 'inductor' else ''}",
+                  flush=True)
         if progress and trainer.stop_reason:
             print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:

@@ -1,0 +1,97 @@
+"""The training step captured once per input shape (layer 5: imports nothing of the package; any loss).
+
+Pyro builds the loss in Python on every step: traces, replay, plates, distribution objects. For
+a fixed model and batch shape that Python does the same thing each time, and only the tensors
+change. `CapturedStep` runs it once per shape under `torch.fx`'s `make_fx`, which records the
+tensor operations of the loss and of its gradient (Pyro's handlers resolved at trace time) as a
+graph whose inputs are the parameters and the batch, and then replays that graph on every step:
+
+- the same operations in the same order as the eager step, so the same value and gradient for the
+  same random numbers (the draws are operations of the graph: fresh noise every step);
+- no Python from Pyro per step; the optimizer step stays PyTorch's own.
+
+Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dependent Python)
+it says why and the eager step is used. A loss whose constants change between steps (a KL weight
+ramped every step) must not be captured: the caller decides that (svi.Trainer).
+"""
+
+import sys
+import time
+
+import pyro
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils.stateless import _reparametrize_module
+
+
+class CaptureFailed(Exception):
+    """The loss could not be captured; the message says why."""
+
+
+class CapturedStep:
+    """`step(*args)` sets every parameter's `.grad` to the gradient of `loss_fn(*args)` and returns
+    the loss, from a graph captured the first time each input shape is seen."""
+
+    def __init__(self, module, loss_fn, compiler=None):
+        self.module, self.loss_fn, self.compiler = module, loss_fn, compiler
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.names, self.params = [n for n, _ in named], [p for _, p in named]
+        self.graphs = {}
+        self.seconds = 0.0  # spent capturing (and compiling) graphs, for the run log and the benchmark
+
+    @staticmethod
+    def key(args):
+        return tuple((tuple(a.shape), a.dtype, str(a.device)) if torch.is_tensor(a) else repr(a) for a in args)
+
+    def __call__(self, *args):
+        k = self.key(args)
+        graph = self.graphs.get(k)
+        if graph is None:
+            start = time.perf_counter()
+            graph = self.capture(args)
+            if self.compiler == "inductor":
+                graph = self.compile(graph, args)
+            self.graphs[k] = graph
+            self.seconds += time.perf_counter() - start
+        loss, grads = graph(self.params, *args)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return loss
+
+    def compile(self, graph, args):
+        """The captured graph compiled by Inductor (fused kernels), drawing its random numbers with
+        torch's own generator (`fallback_random`), so the noise is the eager step's; compiled on its
+        first call, here. Where Inductor cannot compile it (no C++ compiler, say), the graph as it is."""
+        import torch._inductor.config as inductor_config  # part of torch; read only when asked for
+
+        inductor_config.fallback_random = True
+        compiled = torch.compile(graph, backend="inductor", dynamic=False)
+        try:
+            with torch.random.fork_rng(devices=[]):  # compiling runs the graph once: undo its draws
+                compiled(self.params, *args)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"pyro-vae: Inductor could not compile the captured step ({type(e).__name__}: {first[:120]}); "
+                  f"replaying the captured graph as it is", file=sys.stderr, flush=True)
+            self.compiler = None
+            return graph
+        return compiled
+
+    def capture(self, args):
+        def step(params, *args):
+            with _reparametrize_module(self.module, dict(zip(self.names, params))):
+                loss = self.loss_fn(*args)
+            return loss, torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+
+        inputs = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
+        validate = torch.distributions.Distribution._validate_args
+        torch.distributions.Distribution.set_default_validate_args(False)  # its checks read the host
+        try:
+            cuda = [a.device.index or 0 for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
+            with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda):  # tracing's draws are undone
+                return make_fx(step)(inputs, *args)
+        except Exception as e:  # anything make_fx cannot record: the eager step stands
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(validate)
