@@ -71,7 +71,7 @@ def test_what_cannot_be_captured_runs_eagerly_and_says_why(small_digits, capsys)
     assert warm.captured is None and "warm-up" in warm.capture_note
     auto = Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8))
     assert auto.captured is None and "--compile auto" in auto.capture_note
-    with pytest.raises(pyro_vae.UserError, match="compile is auto, on or off"):
+    with pytest.raises(pyro_vae.UserError, match="compile is auto, on, inductor, off"):
         Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), compile="yes")
 
 
