@@ -150,7 +150,7 @@ def run_setting(args, name, batch_size):
                 torch.cuda.reset_peak_memory_stats()
 
     history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, progress=False,
-                           callbacks=[ReferenceEpoch()], compile="on")
+                           callbacks=[ReferenceEpoch()], compile=args.compile)
     x_val, y_val = data.splits["val"]
     ref.eval()
     ref_val = pyro_vae.elbo_per_example(ref.model, ref.guide,
@@ -227,6 +227,8 @@ def main():
                    help="leave out the textbook SVI loop (Trace_ELBO, pyro.optim.Adam, validation on)")
     p.add_argument("--no-numpyro", dest="numpyro", action="store_false",
                    help="leave out NumPyro's jitted epoch (run only where numpyro is installed)")
+    p.add_argument("--compile", default="on", choices=["on", "inductor"],
+                   help="ours: the captured step (on), or captured and compiled by Inductor")
     p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -236,6 +238,7 @@ def main():
         args.train_size, args.epochs = args.train_size or 4000, 3
     args.numpyro = args.numpyro and importlib.util.find_spec("numpyro") is not None
     print(machine())
+    print(f"ours: --compile {args.compile}; eager: --compile off")
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
     header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'eager s/ep':>10} "

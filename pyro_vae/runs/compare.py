@@ -395,10 +395,10 @@ def summarize(out, reference=None, progress=True):
     examples = sorted({c[5].get("examples") for c in cells if c[5] is not None} - {None})
     summary = {"experiment": str(out), "reference": reference, "variants": variants, "missing": missing,
                "iw_samples": iw, "test_examples": examples, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    drawn = summary_figures(out, cells, order, variants)
     write_json(out / "summary.json", summary)
     atomic_write(out / "summary.csv", lambda f: f.write(summary_csv(summary).encode()))
-    atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(out, summary).encode()))
-    summary_figures(out, cells, order, variants)
+    atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(out, summary, drawn).encode()))
     if progress:
         print(f"pyro-vae compare: summary of {sum(len(by_variant[v]) for v in order)} evaluated runs in "
               f"{out}/summary.md" + (f"; {len(missing)} runs incomplete (listed there)" if missing else ""), flush=True)
@@ -426,7 +426,7 @@ def cell_text(m, digits=2):
     return f"{m['mean']:.{digits}f}{half}"
 
 
-def summary_markdown(out, summary):
+def summary_markdown(out, summary, drawn=("curves.png", "intervals.png", "samples.png")):
     variants = summary["variants"]
     ref = summary["reference"]
     iw = ", ".join(map(str, summary["iw_samples"])) or "-"
@@ -469,9 +469,10 @@ def summary_markdown(out, summary):
     if summary["missing"]:
         lines += ["**Incomplete runs** (left out of the numbers above): "
                   + "; ".join(f"{k}: {', '.join(v)}" for k, v in summary["missing"].items()), ""]
-    lines += ["Figures: `curves.png` (validation ELBO per epoch, mean and range over seeds), `intervals.png` "
-              "(each metric's mean and 95% interval per variant), `samples.png` (class-conditional samples of every "
-              "variant that generates x given a label, seed 0).", ""]
+    about = {"curves.png": "validation ELBO per epoch, mean and range over seeds",
+             "intervals.png": "each metric's mean and 95% interval per variant",
+             "samples.png": "class-conditional samples of every variant that generates x given a label, seed 0"}
+    lines += ["Figures: " + "; ".join(f"`{name}` ({about[name]})" for name in drawn) + ".", ""]
     return "\n".join(lines)
 
 
@@ -489,13 +490,16 @@ def summary_csv(summary):
 
 
 def summary_figures(out, cells, order, variants):
-    """curves.png, intervals.png and, where variants generate x given a class label, samples.png."""
+    """curves.png, intervals.png and, where variants generate x given a class label, samples.png;
+    returns the names of those drawn."""
     curves = {}
     for v in order:  # one panel per kind: bounds on log p(x|y) and on log p(y|x) are not on one scale
         runs = [[m["val_elbo"] for m in c[4]] for c in cells if c[1] == v and c[4]]
         if runs and variants[v]["kind"]:
             curves.setdefault(f"bound on {variants[v]['kind']}", {})[v] = runs
+    drawn = []
     if curves:
+        drawn.append("curves.png")
         plots.curve_bands(curves, out / "curves.png", "validation ELBO per epoch: mean over seeds (line) and their "
                           "range (band)", "validation ELBO (nats per example)")
     panels = {}
@@ -504,7 +508,9 @@ def summary_figures(out, cells, order, variants):
         if points:
             panels[what + ("" if higher is None else " (higher is better)" if higher else " (lower is better)")] = {
                 f"{v} [{variants[v]['kind']}]": (p["mean"], p["half_width"]) for v, p in points.items()}
-    plots.dot_intervals(panels, out / "intervals.png", "mean and 95% interval over seeds, per variant")
+    if panels:
+        drawn.append("intervals.png")
+        plots.dot_intervals(panels, out / "intervals.png", "mean and 95% interval over seeds, per variant")
     generators, left_out = {}, []
     for v in order:
         first = next((c for c in sorted((c for c in cells if c[1] == v and c[5] is not None), key=lambda c: str(c[2]))), None)
@@ -518,6 +524,8 @@ def summary_figures(out, cells, order, variants):
         else:
             left_out.append(f"{v}: {'predicts y from x' if cls.observed == 'y' else 'not conditioned on a label'}")
     if generators:
+        drawn.append("samples.png")
         conditional_panels(generators, data, out / "samples.png",
                            caption="mean images of p(x|z,y), z ~ p(z|y), one row per class"
                                    + ("; not drawn: " + "; ".join(left_out) if left_out else ""))
+    return drawn
