@@ -236,6 +236,12 @@ def test_cvae1_follows_the_covariate_it_is_given(tmp_path):
     with pytest.raises(UserError, match="conditions on covariates: --label does not apply"):
         pyro_vae.sample_run(run, n=8, label=1)
     pyro_vae.sample_run(run, n=8, covariates=[-1.5])
+    # cvae3 predicts the covariate from x, with a Gaussian over it
+    run3 = pyro_vae.train(model="cvae3", dataset=str(tmp_path / "cov.npz"), out=tmp_path / "run3", progress=False,
+                          **SMALL)
+    assert json.loads((run3 / "config.json").read_text())["likelihood"] == "gaussian"
+    scored = pyro_vae.evaluate_run(run3, iw_samples=5, progress=False)
+    assert np.isfinite(scored["test_log_likelihood"]) and "test_accuracy" not in scored
     # the sample files it wrote are the run's own: --overwrite may replace the whole run
     pyro_vae.train(model="vae", dataset=str(tmp_path / "cov.npz"), out=run, overwrite=True, progress=False, **SMALL)
     assert not list(run.glob("samples-covariates*"))
