@@ -526,6 +526,6 @@ def summary_figures(out, cells, order, variants):
     if generators:
         drawn.append("samples.png")
         conditional_panels(generators, data, out / "samples.png",
-                           caption="mean images of p(x|z,y), z ~ p(z|y), one row per class"
+                           caption="mean images of p(x|z,y) with z drawn from each model's prior, one row per class"
                                    + ("; not drawn: " + "; ".join(left_out) if left_out else ""))
     return drawn
