@@ -265,11 +265,11 @@ def dot_intervals(panels, path, title):
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(textwrap.fill(what, 55), fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))  # long tick labels must not run together
         ax.grid(alpha=0.3, axis="x")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    return save(fig, path)
+    return save(fig, path, caption=title)  # below the panels: a title above collides with theirs
 
 
 FORMATS = ("png", "pdf", "svg")

@@ -55,6 +55,10 @@ METRICS = {
 }
 
 
+# The metrics that are terms of a bound: shown per kind of bound, never on one axis across kinds.
+PER_KIND = ("test_log_likelihood", "test_elbo", "rate", "distortion")
+
+
 def t_interval(values, confidence=0.95):
     """(mean, half-width of the Student-t interval over the values, n); the half-width is nan for one value."""
     values = [float(v) for v in values]
@@ -505,9 +509,14 @@ def summary_figures(out, cells, order, variants):
     panels = {}
     for key, (what, higher) in METRICS.items():
         points = {v: variants[v]["metrics"][key] for v in order if key in variants[v]["metrics"]}
-        if points:
-            panels[what + ("" if higher is None else " (higher is better)" if higher else " (lower is better)")] = {
-                f"{v} [{variants[v]['kind']}]": (p["mean"], p["half_width"]) for v, p in points.items()}
+        title = what + ("" if higher is None else " (higher is better)" if higher else " (lower is better)")
+        # densities of different things are not put on one axis: a panel per kind for the bound's terms
+        kinds = [None] if key not in PER_KIND else list(dict.fromkeys(variants[v]["kind"] for v in points))
+        for kind in kinds:
+            chosen = {v: p for v, p in points.items() if kind is None or variants[v]["kind"] == kind}
+            if chosen:
+                panels[title + ("" if kind is None else f"; {kind}")] = {
+                    f"{v} [{variants[v]['kind']}]": (p["mean"], p["half_width"]) for v, p in chosen.items()}
     if panels:
         drawn.append("intervals.png")
         plots.dot_intervals(panels, out / "intervals.png", "mean and 95% interval over seeds, per variant")
