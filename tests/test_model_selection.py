@@ -56,11 +56,16 @@ def test_early_stopping_stops_at_the_right_epoch_and_evaluates_the_best(tmp_path
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, 10))
     assert load_checkpoint(run / "best.pt")["epoch"] == 8
+    # the restart of patience is recorded, so a later plain resume counts from there too
+    changes = json.loads((run / "config.json").read_text())["changes"]
+    assert {"epoch": 7, "patience_from": 7} in changes
+    assert ModelSelection(None, pyro_vae.runs.read_config(run)).since == 7
 
 
 def test_the_decisions_replayed_from_a_history():
     config = Config(patience=3, lr_schedule="plateau", lr=1e-3)
     selection = ModelSelection(None, config)
+    assert selection.since == 0
     history = [{"epoch": k + 1, "val_elbo": v} for k, v in enumerate(CURVE)]
     assert selection.replay(history[:7])[:3] == (4, -35.0, 3)
     assert selection.stopped(history[:7]) and not selection.stopped(history[:6])

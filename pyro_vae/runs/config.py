@@ -218,8 +218,10 @@ class Config:
 
 def check_change(change, where="changes: "):
     """One entry of Config.changes: {"epoch": N, "lr" and/or "clip_grad": value}, each value as the
-    setting itself must be (lr positive, clip_grad positive or null). `where` starts each message."""
-    if (not isinstance(change, dict) or set(change) - {"epoch", "lr", "clip_grad"} or not all(
+    setting itself must be (lr positive, clip_grad positive or null), or {"epoch": N,
+    "patience_from": N} where a --resume asked for more epochs after an early stop. `where` starts
+    each message."""
+    if (not isinstance(change, dict) or set(change) - {"epoch", "lr", "clip_grad", "patience_from"} or not all(
             v is None or isinstance(v, (int, float)) for v in change.values())
             or not isinstance(change.get("epoch"), int) or isinstance(change.get("epoch"), bool)):
         raise BadType(f"{where}each entry is {{\"epoch\": N, \"lr\" or \"clip_grad\": value}}, got "
@@ -228,6 +230,8 @@ def check_change(change, where="changes: "):
         positive_number(f"{where}lr", change["lr"])
     if change.get("clip_grad") is not None:
         positive_number(f"{where}clip_grad", change["clip_grad"])
+    if "patience_from" in change and (not isinstance(change["patience_from"], int) or change["patience_from"] < 0):
+        raise BadType(f"{where}patience_from is an epoch number, got {change['patience_from']!r}")
 
 
 def check_fit(config, data):

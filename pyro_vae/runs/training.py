@@ -202,6 +202,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     if state:
         restore(trainer, state, config, run_dir / "checkpoint.pt")
     done = trainer.epoch
+    if more and ModelSelection(None, config).stopped(trainer.history):  # asked to train on after an early stop:
+        config.changes.append({"epoch": done, "patience_from": done})  # recorded, so a later resume counts alike
     if done > config.epochs:
         raise UserError(f"{run_dir} already has {done} epochs; --epochs is the new total, give more than {done}")
 
@@ -242,7 +244,7 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
         if config.compile in ("on", "inductor"):
             print(f"pyro-vae: {trainer.capture_note}", flush=True)
 
-    selection = ModelSelection(run_dir, config, since=trainer.epoch if more else 0)
+    selection = ModelSelection(run_dir, config)
     if resuming and not more and selection.stopped(trainer.history):
         if progress:
             print(f"pyro-vae: nothing to do for {run_dir}: {selection.stopped(trainer.history)}; give --epochs N to "
@@ -290,11 +292,14 @@ class ModelSelection(Callback):
     """On the validation ELBO: keep the best epoch's state as best.pt, stop when `patience` epochs
     passed without improvement, and (lr_schedule "plateau") scale the learning rate by a factor
     after a number of epochs without improvement. Its state is what the history says, replayed on
-    every (re)start, so a resumed run decides as an uninterrupted one would. Epochs before `since`
-    (where a --resume asked for more epochs after an early stop) do not count against patience."""
+    every (re)start, so a resumed run decides as an uninterrupted one would. Epochs before a
+    --resume that asked for more epochs after an early stop (config.changes "patience_from") do not
+    count against patience."""
 
-    def __init__(self, run_dir, config, since=0):
-        self.run_dir, self.config, self.since = run_dir, config, since
+    def __init__(self, run_dir, config):
+        self.run_dir, self.config = run_dir, config
+        # where a --resume asked to train on after an early stop (recorded in config.changes)
+        self.since = next((c["patience_from"] for c in reversed(config.changes) if "patience_from" in c), 0)
         self.schedule = LR_SCHEDULES[config.lr_schedule]
 
     def replay(self, history):
