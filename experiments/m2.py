@@ -14,25 +14,14 @@ second invocation skips finished runs.
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import pyro_vae
 from pyro_vae.runs import labels_alone
-from vae_fashion_mnist import RESULTS, machine  # noqa: E402 (same folder)
-
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def interval(values):
-    """Mean and the half-width of its 95% Student-t interval over seeds."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, T95[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
-
+from pyro_vae.runs import t_interval
+from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +40,7 @@ def main():
     args = p.parse_args()
 
     log = RESULTS / f"{args.name}.jsonl"
-    done = {(r["labels"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    done = {(r["labels"], r["seed"]) for r in read_rows(log)}
     for n in map(int, args.labels.split(",")):
         for seed in range(args.seeds):
             if (n, seed) in done:
@@ -71,14 +60,12 @@ def main():
             row = {"labels": n, "seed": seed, "accuracy": result["test_accuracy"], "labels_alone": baseline,
                    "log_px": result["test_log_likelihood"], "elbo": result["test_elbo"], "seconds_per_epoch": seconds,
                    "epochs": args.epochs, "iw_samples": args.iw_samples}
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            append_row(log, row)
     write_summary(args, log)
 
 
 def write_summary(args, log):
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    rows = read_rows(log)
     command = "python experiments/m2.py " + " ".join(sys.argv[1:])
     lines = [f"# Semi-supervised M2 on binarized {args.dataset}", "",
              f"Command: `{command}`  ", f"Machine: {machine()}", "",
@@ -94,9 +81,9 @@ def write_summary(args, log):
              "|---|---|---|---|---|---|---|"]
     for n in sorted({r["labels"] for r in rows}):
         group = [r for r in rows if r["labels"] == n]
-        acc, base = interval([r["accuracy"] for r in group]), interval([r["labels_alone"] for r in group])
-        gain = interval([r["accuracy"] - r["labels_alone"] for r in group])
-        ll = interval([r["log_px"] for r in group])
+        acc, base = t_interval([r["accuracy"] for r in group]), t_interval([r["labels_alone"] for r in group])
+        gain = t_interval([r["accuracy"] - r["labels_alone"] for r in group])
+        ll = t_interval([r["log_px"] for r in group])
         claim = "" if gain[0] - gain[1] > 0 or gain[0] + gain[1] < 0 else " (interval holds 0)"
         lines.append(f"| {n} | {len(group)} | {acc[0]:.4f} +- {acc[1]:.4f} | {base[0]:.4f} +- {base[1]:.4f} | "
                      f"{gain[0]:+.4f} +- {gain[1]:.4f}{claim} | {ll[0]:.2f} +- {ll[1]:.2f} | "

@@ -10,14 +10,13 @@ finished runs (and resumes an interrupted one from its checkpoint).
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import pyro_vae
-from m2 import interval  # noqa: E402 (same folder)
-from vae_fashion_mnist import RESULTS, machine  # noqa: E402
+from pyro_vae.runs import t_interval
+from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
 
 
 def main():
@@ -35,7 +34,7 @@ def main():
     args = p.parse_args()
 
     log = RESULTS / "networks.jsonl"
-    done = {(r["net"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    done = {(r["net"], r["seed"]) for r in read_rows(log)}
     hidden = [int(h) for h in args.hidden.split(",")]
     for seed in range(args.seeds):
         for net in args.nets.split(","):
@@ -54,14 +53,12 @@ def main():
                    "active_units": result["active_units"], "val_elbo": metrics[-1]["val_elbo"],
                    "seconds_per_epoch": statistics.median(m["seconds"] for m in metrics), "epochs": args.epochs,
                    "iw_samples": args.iw_samples, "examples": args.examples, "eval_seconds": result["seconds"]}
-            with log.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            append_row(log, row)
     write_summary(args, log)
 
 
 def write_summary(args, log):
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    rows = read_rows(log)
     nets = list(dict.fromkeys(r["net"] for r in rows))
     command = "OMP_NUM_THREADS=1 python experiments/networks.py " + " ".join(sys.argv[1:])
     first = rows[0]
@@ -80,12 +77,12 @@ def write_summary(args, log):
     base = {r["seed"]: r["log_px"] for r in rows if r["net"] == "mlp"}
     for net in nets:
         group = [r for r in rows if r["net"] == net]
-        ll, elbo = interval([r["log_px"] for r in group]), interval([r["elbo"] for r in group])
+        ll, elbo = t_interval([r["log_px"] for r in group]), t_interval([r["elbo"] for r in group])
         paired = [r["log_px"] - base[r["seed"]] for r in group if r["seed"] in base]
         if net == "mlp" or len(paired) < 2:
             diff = "(reference)" if net == "mlp" else "-"
         else:
-            d = interval(paired)
+            d = t_interval(paired)
             diff = f"{d[0]:+.2f} +- {d[1]:.2f}" + ("" if abs(d[0]) > d[1] else " (interval holds 0)")
         lines.append(f"| {net} | {len(group)} | {ll[0]:.2f} +- {ll[1]:.2f} | {diff} | {elbo[0]:.2f} +- {elbo[1]:.2f} | "
                      f"{statistics.median(r['active_units'] for r in group):.0f} | "

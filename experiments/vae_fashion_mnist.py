@@ -8,6 +8,7 @@ Writes experiments/results/vae_fashion_mnist.md and copies the run's figures nex
 """
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -22,6 +23,18 @@ import torch
 import pyro_vae
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def read_rows(log):
+    """The rows of a results .jsonl file (none where it does not exist yet)."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def append_row(log, row):
+    """Append one finished run's row to a results .jsonl file as it comes (an interrupted sweep keeps it), and show it."""
+    with log.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def machine():
