@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import errors
 from .errors import UserError
-from .files import atomic_write
+from .files import atomic_write, cache_dir
 
 # `pyro-vae --help` and a mistyped option answer without importing torch (seconds on its own): the
 # option lists and defaults come from `facts()`, read off the tables and classes once and cached
@@ -30,7 +30,7 @@ def facts():
     h = hashlib.sha256(sys.version.encode())
     for path in sorted(package.rglob("*.py")):
         h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro-vae" / f"cli-{h.hexdigest()[:24]}.json"
+    cache = cache_dir() / f"cli-{h.hexdigest()[:24]}.json"
     try:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -108,12 +108,7 @@ def part_choice(kind, table):
 
 def val_size_setting(text):
     """--val-size: a share in (0, 1), or a whole number of examples."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a share in (0, 1) or a number of examples, got {text!r}") from None
-    if not value > 0 or (value >= 1 and value != int(value)):
-        raise argparse.ArgumentTypeError(f"a share in (0, 1) or a whole number of examples, got {text!r}")
+    value = checked(float, errors.share_or_count)(text)
     return int(value) if value >= 1 else value
 
 
@@ -149,14 +144,7 @@ def seeds_setting(text):
     return values if "," in text else positive_int(text)
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
+non_negative_int = checked(int, errors.non_negative_number)
 
 
 def shard_setting(text):

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BadType, BadValue, UserError, positive_int
-from .files import TEMP_PREFIX, write_error
+from .errors import BadType, BadValue, UserError, positive_int, share_or_count
+from .files import TEMP_PREFIX, cache_dir, write_error
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -153,10 +153,6 @@ def data_dirs(name, data_dir=None):
     dirs.append(cache_dir() / name)
     dirs.append(Path("/usr/share/datasets") / name)
     return dirs
-
-
-def cache_dir():
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro-vae"
 
 
 def find_idx_files(name, split, data_dir=None):
@@ -688,9 +684,7 @@ def assemble(name, a, device="cpu", binarize=True, val_size=0.1, train_size=None
 def validation_count(val_size, n):
     """Examples in the validation split: a share in (0, 1) of the n training examples, or a count
     (a whole number >= 1, e.g. the published setups' 10,000)."""
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not val_size > 0 or (
-            val_size >= 1 and val_size != int(val_size)):
-        raise UserError(f"val_size is a share in (0, 1) or a whole number of examples, got {val_size!r}")
+    share_or_count("val_size", val_size)
     if val_size >= 1:
         if val_size >= n:
             raise UserError(f"val_size {int(val_size)}: the training split has only {n} examples")

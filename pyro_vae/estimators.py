@@ -259,6 +259,13 @@ def label_fidelity(model, data, reference, per_class=100):
             "classifier_test_accuracy": reference["test_accuracy"]}
 
 
+def r_squared(predicted, actual):
+    """1 - residual / total sum of squares, per column."""
+    residual = ((actual - predicted) ** 2).sum(0)
+    total = ((actual - actual.mean(0)) ** 2).sum(0).clamp(min=1e-12)
+    return 1 - residual / total
+
+
 @torch.no_grad()
 def condition_agreement(model, data, reference, draws=1000):
     """Whether samples follow the attributes or covariates they were drawn for: for the y of the
@@ -279,7 +286,6 @@ def condition_agreement(model, data, reference, draws=1000):
     else:
         centred = c - c.mean(0)
         slope = (centred * (read - read.mean(0))).sum(0) / (centred ** 2).sum(0).clamp(min=1e-12)
-        residual = ((c - read) ** 2).sum(0)
-        r2 = 1 - residual / (centred ** 2).sum(0).clamp(min=1e-12)
+        r2 = r_squared(read, c)
         out.update(covariate_r2=[round(v, 4) for v in r2.tolist()], covariate_slope=[round(v, 4) for v in slope.tolist()])
     return out

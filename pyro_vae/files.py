@@ -84,3 +84,8 @@ def check_writable(folder):
         raise write_error(Path(folder) / "*", e) from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def cache_dir():
+    """The per-user cache of this package: downloaded data sets, reference classifiers, the CLI's facts."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pyro-vae"

@@ -366,10 +366,11 @@ def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, pri
 def check_memory(io_dim, hidden):
     """Refuse sizes whose networks cannot fit in this machine's memory, before allocating them.
     The built-in parts are three networks (guide, prior, likelihood) of the `hidden` widths, each
-    at most 2 x (inputs + outputs) x the first width plus the layers between, float32, with Adam's
-    two moments beside them."""
+    at most (inputs + outputs) x the first width in, the layers between, and (inputs + outputs) x
+    the last width out (with one layer: 2 x (inputs + outputs) x hidden), float32, with Adam's two
+    moments beside them."""
     hidden = widths(hidden)
-    weights = 2 * io_dim * hidden[0] + sum(a * b for a, b in zip(hidden[:-1], hidden[1:])) + io_dim * hidden[-1]
+    weights = io_dim * hidden[0] + sum(a * b for a, b in zip(hidden[:-1], hidden[1:])) + io_dim * hidden[-1]
     need = 3 * weights * 4 * 3  # bytes
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

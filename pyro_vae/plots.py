@@ -176,13 +176,7 @@ def project(z):
 def latent_scatter(z, labels, classes, path, title):
     """(N, Z) latent means coloured by label; projected on their first two principal components
     when Z > 2."""
-    z = torch.as_tensor(z).cpu()
-    if z.shape[1] > 2:
-        centred = z - z.mean(0)
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        z2, axes = centred @ v[:2].T, ("principal component 1 of E[z|x]", "principal component 2")
-    else:
-        z2, axes = z, ("z[0]", "z[1]")
+    z2, axes = project(z)
     fig, ax = plt.subplots(figsize=(6, 5))
     _codes(ax, fig, z2, torch.as_tensor(labels).cpu(), classes, *axes, title)
     return save(fig, path)

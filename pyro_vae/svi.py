@@ -121,8 +121,8 @@ class Trainer:
         self.batch_size = None
 
     def choose_capture(self, compile):
-        """(a CapturedStep or None, a line saying which step runs and why). "auto" and "on" capture
-        the loss where it can be captured; "off" keeps the eager step."""
+        """(a CapturedStep or None, a line saying which step runs and why). "on" and "inductor"
+        capture the loss where it can be captured; "off" and, for now, "auto" keep the eager step."""
         if compile not in COMPILE_MODES:
             raise UserError(f"compile is {', '.join(COMPILE_MODES)}, got {compile!r}")
         why = None

@@ -153,3 +153,19 @@ def test_help_and_argument_errors_do_not_import_torch(tmp_path):
     live = subprocess.run([sys.executable, "-c", "import pyro_vae.runs, sys; from pyro_vae.cli import main; "
                            "main(['train', '--help'])"], env=env, capture_output=True, text=True).stdout
     assert live == first.stdout.rsplit("TORCH", 1)[0]
+
+
+def test_a_collapsed_posterior_is_flagged_by_train_and_evaluate(tmp_path, capsys):
+    """beta 200 pulls every q(z|x) onto the prior: no unit is active, and both commands say what to try."""
+    from pyro_vae.runs.training import collapse_note
+
+    assert collapse_note(0) and collapse_note(3, rate=0.05) and collapse_note(3, rate=2.0) is None
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--epochs", "3", "--train-size", "256", "--beta", "200",
+                 "--z-dim", "2", "--hidden", "16", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: posterior collapse (0 active latent units of 2, on the validation split)" in err
+    assert "--warmup-epochs" in err
+    assert main(["evaluate", str(run), "--iw-samples", "5", "--examples", "50"]) == 0
+    assert "warning: posterior collapse (0 active latent units" in capsys.readouterr().err
+    assert "posterior collapse" in json.loads((run / "eval.json").read_text())["collapse"]

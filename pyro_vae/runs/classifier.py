@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..data import batches, cache_dir, load_dataset
+from ..data import batches, load_dataset
 from ..errors import UserError
-from ..files import atomic_write, write_error
+from ..estimators import r_squared
+from ..files import atomic_write, cache_dir, write_error
 from ..nets import MLP
 
 FORMAT = "pyro-vae-classifier/1"
@@ -166,9 +167,3 @@ def reference_predictor(data, hidden=256, seed=0, steps=2000, batch_size=128, lr
         score = r_squared(predicted, c_test).tolist()
     return {"read": read, "kind": data.condition, "test_score": score}
 
-
-def r_squared(predicted, actual):
-    """1 - residual / total sum of squares, per column."""
-    residual = ((actual - predicted) ** 2).sum(0)
-    total = ((actual - actual.mean(0)) ** 2).sum(0).clamp(min=1e-12)
-    return 1 - residual / total

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,10 +31,10 @@ from ..errors import BadValue, UserError, positive_int
 from ..files import atomic_write, write_error, write_json
 from ..models import model_class
 from .config import Config
-from .evaluation import COLLAPSED_RATE, evaluate_run
+from .evaluation import evaluate_run
 from .figures import conditional_panels
 from .store import load_run, read_config, read_metrics
-from .training import train
+from .training import COLLAPSED_RATE, train
 
 EXPERIMENT_FILE = "experiment.toml"
 # What `compare` may vary or share: every train setting a user sets (not what training writes).

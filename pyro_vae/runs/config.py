@@ -18,7 +18,8 @@ from torch import nn
 from pathlib import Path
 
 from ..data import CONDITIONS, DATASETS, is_builtin
-from ..errors import BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number
+from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number,
+                      share_or_count)
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
 from ..objectives import ELBOS
@@ -162,9 +163,7 @@ class Config:
                 positive_number(name, getattr(c, name))
         if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
             raise BadValue(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
-        if isinstance(c.val_size, bool) or not isinstance(c.val_size, (int, float)) or not c.val_size > 0 or (
-                c.val_size >= 1 and c.val_size != int(c.val_size)):
-            raise BadValue(f"val_size is a share in (0, 1) or a whole number of examples, got {c.val_size!r}")
+        share_or_count("val_size", c.val_size)
         if c.patience is not None:
             positive_int("patience", c.patience)
         if c.compile not in COMPILE_MODES:

@@ -12,6 +12,7 @@ from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy
                           importance_sampled_over_labels, label_fidelity, latent_means)
 from ..models import model_inputs
 from .classifier import reference_classifier, reference_predictor
+from .training import collapse_note
 from .store import load_run
 
 
@@ -66,7 +67,7 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     if not hasattr(model, "classify"):  # (m2's y is summed out: its rate has no one-draw form here)
         rate, distortion = rate_distortion(model.model, model.guide, *args)
         result.update(rate=rate.mean().item(), distortion=distortion.mean().item())
-    collapse = collapsed(result)
+    collapse = None if result.get("iw_samples") == 0 else collapse_note(result["active_units"], result.get("rate"))
     if collapse:
         result["collapse"] = collapse
         if progress:
@@ -88,18 +89,3 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     write_json(Path(run_dir) / "eval.json", result)
     return result
 
-
-COLLAPSED_RATE = 0.1  # nats per example: below it the posterior carries next to nothing about x
-
-
-def collapsed(result):
-    """A sentence saying the run's posterior collapsed (no active unit, or a rate near zero), with
-    what to try; None when it did not."""
-    units, rate = result.get("active_units"), result.get("rate")
-    if units is None or result.get("iw_samples") == 0:
-        return None
-    if units == 0 or (rate is not None and rate < COLLAPSED_RATE):
-        said = f"{units} active latent units" + (f", KL {rate:.3f} nats per example" if rate is not None else "")
-        return (f"posterior collapse ({said}): the decoder ignores z; try more epochs, a KL warm-up "
-                f"(--warmup-epochs), or a smaller --beta")
-    return None

@@ -159,8 +159,7 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
         raise UserError(f"{config.model} predicts y from x; it has no images to sample")
     if asked and not model.conditional:
         raise UserError(f"{config.model} is not conditional; --{asked[0][0]} needs cvae1, cvae2, cvae4 or m2")
-    if asked and asked[0][0] != {"label": "label", "attributes": "attributes", "covariates": "covariates"}.get(
-            data.condition):
+    if asked and asked[0][0] != data.condition:
         raise UserError(f"this run conditions on {data.condition}: --{asked[0][0]} does not apply")
     if label is not None and not 0 <= label < data.n_classes:
         raise UserError(f"label {label} out of range 0..{data.n_classes - 1}")

@@ -462,11 +462,12 @@ def run_data(config, device, run_dir=None):
     return data
 
 
-def write_data_facts(run_dir, data):
-    """data.json: where the run's data came from and how it was read (and its checksum)."""
+def write_data_facts(run_dir, data, **facts):
+    """data.json: where the run's data came from and how it was read (and its checksum); `facts`
+    add to or replace what `data` says (the run's own copy of arrays handed to it in memory)."""
     facts = {"dataset": data.name, "shape": list(data.shape), "kind": data.kind, "condition": data.condition,
              "classes": data.classes, "y_names": data.y_names,
-             "examples": {s: len(data.splits[s][0]) for s in ("train", "val", "test")}, **data.facts}
+             "examples": {s: len(data.splits[s][0]) for s in ("train", "val", "test")}, **data.facts, **facts}
     write_json(Path(run_dir) / DATA_FILE, facts)
 
 

@@ -18,7 +18,7 @@ import pyro
 import torch
 
 from .. import distributed
-from ..data import Dataset, load_source
+from ..data import Dataset, content_hash, load_source
 from ..errors import Diverged, Interrupted, Terminated, UserError
 from .. import plots
 from ..estimators import active_units, decode, latent_means
@@ -219,9 +219,12 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             lock(target)
             target = make_run_dir(target, config, overwrite)  # checked again under the lock, then written
             announce()
-        if arrays is not None:  # the run keeps its own copy of data handed to it in memory
+        if arrays is not None:  # the run keeps its own copy of data handed to it in memory, and that copy's checksum
             atomic_write(target / "data.npz", arrays.save_arrays)
-        write_data_facts(target, data if arrays is None else run_data(config, "cpu", target))
+            copy = str((target / "data.npz").resolve())
+            write_data_facts(target, data, dataset=copy, source=copy, sha256=content_hash(target / "data.npz"))
+        else:
+            write_data_facts(target, data)
         if data.labelled is not None:  # m2 with --labels N: which training examples kept their label
             y_kept = data.splits["train"][1][torch.as_tensor(data.labelled)].cpu()
             write_json(target / "labelled.json", {
@@ -270,11 +273,10 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     if distributed.rank() == 0:
         run_figures(model, data, trainer.history, run_dir)
         if progress and getattr(model.encoder, "has_density", True):
-            units = active_units(latent_means(model, *model_inputs(model, x_val, y_val, data.n_classes)))
-            if units == 0:
-                print(f"pyro-vae: warning: posterior collapse: 0 of {config.z_dim} latent units active on the validation "
-                      f"split, so the decoder ignores z; try more epochs, a KL warm-up (--warmup-epochs) or a smaller "
-                      f"--beta", file=sys.stderr, flush=True)
+            note = collapse_note(active_units(latent_means(model, *model_inputs(model, x_val, y_val, data.n_classes))),
+                                 where=f"of {config.z_dim}, on the validation split")
+            if note:
+                print(f"pyro-vae: warning: {note}", file=sys.stderr, flush=True)
         if progress and trainer.captured is not None and trainer.captured.graphs:
             print(f"pyro-vae: captured step: {len(trainer.captured.graphs)} graph(s), one per batch shape, "
                   f"{trainer.captured.seconds:.1f} s to capture{' and compile' if config.compile == 'inductor' else ''}",
@@ -286,6 +288,20 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats per "
                   f"example; metrics, checkpoint and figures in {run_dir}", flush=True)
     return run_dir
+
+
+COLLAPSED_RATE = 0.1  # nats per example: below it the posterior carries next to nothing about x
+
+
+def collapse_note(units, rate=None, where=""):
+    """A sentence saying a posterior collapsed (no active unit, or a rate under COLLAPSED_RATE),
+    with what to try; None when it did not. Training, evaluate and compare's summary say it alike."""
+    if units != 0 and (rate is None or rate >= COLLAPSED_RATE):
+        return None
+    said = f"{units} active latent units{' ' + where if where else ''}" + (
+        f", KL {rate:.3f} nats per example" if rate is not None else "")
+    return (f"posterior collapse ({said}): the decoder ignores z; try more epochs, a KL warm-up "
+            f"(--warmup-epochs), or a smaller --beta")
 
 
 class ModelSelection(Callback):
