@@ -69,9 +69,9 @@ def share_or_count(name, value):
     """`value` if it is a share in (0, 1) or a whole number of at least 1 (a float such as 10000.0
     counts), else a BadType or BadValue naming `name`: e.g. the validation split's size."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadType(f"{name} is a share in (0, 1) or a whole number of examples, got {value!r}")
+        raise BadType(f"{name} must be a share in (0, 1) or a whole number of examples, got {value!r}")
     if not finite(value) or not value > 0 or (value >= 1 and value != int(value)):
-        raise BadValue(f"{name} is a share in (0, 1) or a whole number of examples, got {value!r}")
+        raise BadValue(f"{name} must be a share in (0, 1) or a whole number of examples, got {value!r}")
     return value
 
 
