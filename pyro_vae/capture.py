@@ -11,8 +11,9 @@ graph whose inputs are the parameters and the batch, and then replays that graph
 - no Python from Pyro per step; the optimizer step stays PyTorch's own.
 
 Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dependent Python)
-it says why and the eager step is used. A loss whose constants change between steps (a KL weight
-ramped every step) must not be captured: the caller decides that (svi.Trainer).
+it says why and the eager step is used. A tensor the loss reads that is neither a parameter nor an
+argument is held by the graph itself, so a value that changes between steps must be such a tensor
+written in place (svi.Trainer's ramped KL weight), never a Python number, which would be baked in.
 """
 
 import sys
@@ -32,11 +33,13 @@ class CapturedStep:
     """`step(*args)` sets every parameter's `.grad` to the gradient of `loss_fn(*args)` and returns
     the loss, from a graph captured the first time each input shape is seen."""
 
-    def __init__(self, module, loss_fn, compiler=None):
+    def __init__(self, module, loss_fn, compiler=None, quiet=False):
         self.module, self.loss_fn, self.compiler = module, loss_fn, compiler
+        self.quiet = quiet  # the caller says nothing of a failed capture (it chose capture itself)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.graphs = {}
+        self.seen = set()  # shapes stepped once: a shape is captured on its second step
         self.seconds = 0.0  # spent capturing (and compiling) graphs, for the run log and the benchmark
 
     @staticmethod
@@ -44,9 +47,14 @@ class CapturedStep:
         return tuple((tuple(a.shape), a.dtype, str(a.device)) if torch.is_tensor(a) else repr(a) for a in args)
 
     def __call__(self, *args):
+        """The loss (gradients set), or None on a shape's first step: the caller steps eagerly then,
+        so a shape seen once (an epoch's last, shorter batch in a one-epoch run) costs no capture."""
         k = self.key(args)
         graph = self.graphs.get(k)
         if graph is None:
+            if k not in self.seen:
+                self.seen.add(k)
+                return None
             start = time.perf_counter()
             graph = self.capture(args)
             if self.compiler == "inductor":

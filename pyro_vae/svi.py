@@ -84,6 +84,20 @@ class Progress(Callback):
 COMPILE_MODES = ("auto", "on", "inductor", "off")
 
 
+def adam(params, lr):
+    """Adam at `lr`: torch's fused kernel (one pass over all the parameters per step, where the
+    default loops over them tensor by tensor, several passes each) where this torch and device have
+    it, else torch's default. It is the same update rule; a checkpoint keeps which one a run uses
+    and a resumed run goes on with it."""
+    params = list(params)
+    if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # torch < 2.4 has no fused Adam on the CPU
+            pass
+    return torch.optim.Adam(params, lr=lr)
+
+
 class Trainer:
     """SVI on one model: the objective (an ELBO from `pyro.infer`, `trace` by default), Adam at
     `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
@@ -102,10 +116,14 @@ class Trainer:
         pyro.clear_param_store()
         self.model = model
         self.elbo = elbo or make_elbo(getattr(model, "defaults", {}).get("elbo", "trace"))  # m2: enum
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.optimizer = adam(model.parameters(), lr)
         self.beta, self.warmup_epochs, self.clip_grad = beta, warmup_epochs, clip_grad
         self.inputs = inputs
-        self.kl_weight = ScaleLatents(beta)
+        # a ramped KL weight is a tensor on the parameters' device, written in place every step: the
+        # captured step's graph holds that tensor, so it reads the current weight (no constant baked in)
+        first = next(iter(model.parameters()), None)
+        self.kl_weight = ScaleLatents(torch.tensor(0.0, dtype=first.dtype, device=first.device)
+                                      if warmup_epochs and first is not None else beta)
         scaled = beta != 1 or warmup_epochs
         self.model_fn = self.kl_weight(model.model) if scaled else model.model
         self.guide_fn = self.kl_weight(model.guide) if scaled else model.guide
@@ -121,30 +139,31 @@ class Trainer:
         self.batch_size = None
 
     def choose_capture(self, compile):
-        """(a CapturedStep or None, a line saying which step runs and why). "on" and "inductor"
-        capture the loss where it can be captured; "off" and, for now, "auto" keep the eager step."""
+        """(a CapturedStep or None, a line saying which step runs and why). "auto" (the default) and
+        "on" capture the loss where it can be captured (the same numbers as the eager step, bit for
+        bit, without Pyro's Python per step); "inductor" also compiles it; "off" keeps the eager step.
+        A loss that cannot be captured runs eagerly: "on" says so when it is asked for, "auto" in
+        the run log only."""
         if compile not in COMPILE_MODES:
             raise UserError(f"compile is {', '.join(COMPILE_MODES)}, got {compile!r}")
         why = None
         if compile == "off":
             why = "--compile off"
-        elif compile == "auto":  # on where it measures faster: not yet on this package's CPU benchmark
-            why = ("--compile auto, which is eager until the captured step measures faster (experiments/results/"
-                   "benchmark.md: mixed on a 2-core CPU); --compile on captures it")
         elif not self.differentiable:
             why = f"{type(self.elbo).__name__} has no differentiable loss to capture"
-        elif self.warmup_epochs:
-            why = "the KL warm-up changes its weight every step, and a captured step would keep the first"
         elif distributed.world_size() > 1:
             why = "DDP synchronises gradients in its own backward hooks"
         elif type(self.elbo).__name__.startswith("Jit"):
             why = "--jit compiles the loss its own way"
+        elif "Enum" in type(self.elbo).__name__ and compile == "auto":
+            why = "the enumerated ELBO reads its label mask on the host"
         if why:
             return None, f"eager SVI step: {why}"
         if compile == "inductor":
             return (CapturedStep(self.model, self.loss_fn, compiler="inductor"),
                     "captured SVI step, compiled by Inductor (once per batch shape; the first steps wait for it)")
-        return CapturedStep(self.model, self.loss_fn), "captured SVI step (the loss traced once per batch shape)"
+        return (CapturedStep(self.model, self.loss_fn, quiet=compile == "auto"),
+                "captured SVI step (the loss traced once per batch shape, on its second step)")
 
     def set_lr(self, lr):
         """A new learning rate (a resumed optimizer state carries the old one)."""
@@ -200,8 +219,11 @@ class Trainer:
                 part = distributed.shard(len(idx))
                 x, y = x[part], y[part]
             if self.warmup_epochs:
-                self.kl_weight.weight = self.beta * min(1.0, ((epoch - 1) * steps + step + 1)
-                                                        / (self.warmup_epochs * steps))
+                weight = self.beta * min(1.0, ((epoch - 1) * steps + step + 1) / (self.warmup_epochs * steps))
+                if torch.is_tensor(self.kl_weight.weight):
+                    self.kl_weight.weight.fill_(weight)
+                else:
+                    self.kl_weight.weight = weight
             args = inputs(x, y)
             # Pyro's argument and support checks cost time on every step: run them on the first step
             # of the run (unless they are switched off), which is enough to catch a malformed model or guide.
@@ -235,18 +257,21 @@ class Trainer:
     def _step(self, args, validate):
         """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""
         self.optimizer.zero_grad(set_to_none=True)
+        loss = None
         with pyro.validation_enabled(validate):
             if self.captured is not None and not validate:  # the first, checked step runs eagerly
                 try:
-                    loss = self.captured(*args)
+                    loss = self.captured(*args)  # None: a shape's first step, which runs eagerly
                 except CaptureFailed as e:
-                    self.captured, self.capture_note = None, f"eager SVI step: the loss could not be captured ({e})"
-                    print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
+                    quiet, self.captured = self.captured.quiet, None
+                    self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
+                    if not quiet:
+                        print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
                     return self._step(args, validate)
-            elif self.differentiable:
+            if loss is None and self.differentiable:
                 loss = self.loss_fn(*args)
                 distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
-            else:
+            elif loss is None:
                 loss = torch.tensor(self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *args))
         finite = torch.isfinite(loss)
         if self.clip_grad:

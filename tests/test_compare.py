@@ -59,6 +59,31 @@ def test_two_variants_two_seeds_end_to_end_then_nothing_to_train(tmp_path):
     # another grid is not mixed into this experiment directory
     with pytest.raises(UserError, match="holds another experiment"):
         pyro_vae.compare(out, vary={"model": ["cvae1", "cvae4"]}, seeds=2, shared=TINY, evaluation=EVAL, progress=False)
+    # nor one whose shared settings differ, even where it adds a variant
+    with pytest.raises(UserError, match="holds another experiment"):
+        pyro_vae.compare(out, vary={"model": ["cvae1", "cvae2", "cvae4"]}, seeds=2, shared={**TINY, "z_dim": 3},
+                         evaluation=EVAL, progress=False)
+    # the same grid listed in another order is the same experiment: nothing trains, the file stands
+    grid_file = (out / "experiment.toml").read_bytes()
+    pyro_vae.compare(out, vary={"model": ["cvae2", "cvae1"]}, seeds=[1, 0], shared=TINY, evaluation=EVAL,
+                     progress=False)
+    assert (out / "experiment.toml").read_bytes() == grid_file
+    assert {c: hashes(out / c) for c in cells_of(out)} == before
+
+
+def test_a_grid_extends_by_a_variant_and_a_seed_keeping_finished_cells(tmp_path, capsys):
+    out = tmp_path / "exp"
+    pyro_vae.compare(out, vary={"model": ["cvae1", "cvae2"]}, seeds=1, shared=TINY, evaluation=EVAL, progress=False)
+    before = {c: hashes(out / c) for c in cells_of(out)}
+    summary = pyro_vae.compare(out, vary={"model": ["cvae1", "cvae2", "cvae4"]}, seeds=2, shared=TINY,
+                               evaluation=EVAL)
+    assert "extended by model cvae4; seeds 1" in capsys.readouterr().out
+    assert cells_of(out) == ["cvae1-seed0", "cvae1-seed1", "cvae2-seed0", "cvae2-seed1", "cvae4-seed0", "cvae4-seed1"]
+    assert {c: hashes(out / c) for c in before} == before  # the finished cells were not retrained
+    assert summary["variants"]["cvae4"]["seeds"] == [0, 1]
+    # the recorded grid is the extended one: the file alone reruns (and finds) all of it
+    shared, vary, seeds, _ = read_experiment(out / "experiment.toml")
+    assert vary == {"model": ["cvae1", "cvae2", "cvae4"]} and seeds == [0, 1]
 
 
 def test_kinds_are_not_ranked_together_and_a_missing_metric_is_named(tmp_path):

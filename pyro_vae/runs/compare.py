@@ -171,6 +171,27 @@ def parse_experiment(text, path="experiment"):
     return dict(spec.get("shared", {})), dict(spec.get("vary", {})), seeds, evaluation
 
 
+def extension(before, after):
+    """What `after` adds to the grid `before` ("model m2, seeds 5, 6"), or None where it is not an
+    extension: the same shared and evaluation settings and the same varied keys, every recorded value
+    and seed kept, so every finished cell still means what it meant."""
+    (shared0, vary0, seeds0, eval0), (shared1, vary1, seeds1, eval1) = before, after
+    if shared0 != shared1 or eval0 != eval1 or list(vary0) != list(vary1) or not set(seeds0) <= set(seeds1):
+        return None
+    added = []
+    for k in vary0:
+        kept = [v for v in vary1[k] if v in vary0[k]]
+        if len(kept) != len(vary0[k]):
+            return None
+        new = [format_value(v) for v in vary1[k] if v not in vary0[k]]
+        if new:
+            added.append(f"{k} {', '.join(new)}")
+    new_seeds = [str(s) for s in seeds1 if s not in seeds0]
+    if new_seeds:
+        added.append(f"seeds {', '.join(new_seeds)}")
+    return "; ".join(added)
+
+
 # --- running it ----------------------------------------------------------------------------
 
 
@@ -207,9 +228,18 @@ def compare(out, vary=None, seeds=5, shared=None, evaluation=None, experiment=No
         raise write_error(out, e) from None
     recorded = out / EXPERIMENT_FILE
     if recorded.is_file():
-        if read_experiment(recorded) != parse_experiment(text):
-            raise UserError(f"{out} holds another experiment ({recorded} differs from these settings); choose another "
-                            f"--out, or run `pyro-vae compare {recorded}` to continue that one")
+        before = read_experiment(recorded)
+        if before != parse_experiment(text):
+            added = extension(before, parse_experiment(text))
+            if added is None:
+                raise UserError(f"{out} holds another experiment ({recorded} differs from these settings, other than by "
+                                f"added values or seeds); choose another --out, or run `pyro-vae compare {recorded}` "
+                                f"to continue that one")
+            if added:  # else the same grid in another order: the recorded file stands
+                atomic_write(recorded, lambda f: f.write(text.encode()))
+                if progress:
+                    print(f"pyro-vae compare: {out}'s grid extended by {added}; its finished cells are kept",
+                          flush=True)
     else:
         atomic_write(recorded, lambda f: f.write(text.encode()))
     cells = grid(vary, seeds)

@@ -281,6 +281,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             print(f"pyro-vae: captured step: {len(trainer.captured.graphs)} graph(s), one per batch shape, "
                   f"{trainer.captured.seconds:.1f} s to capture{' and compile' if config.compile == 'inductor' else ''}",
                   flush=True)
+        elif progress and config.compile == "auto" and "could not be captured" in trainer.capture_note:
+            print(f"pyro-vae: {trainer.capture_note}", flush=True)  # "on" said so on stderr when it happened
         if progress and trainer.stop_reason:
             print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:
