@@ -61,7 +61,8 @@ class CapturedStep:
                 graph = self.compile(graph, args)
             self.graphs[k] = graph
             self.seconds += time.perf_counter() - start
-        loss, grads = graph(self.params, *args)
+        with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
+            loss, grads = graph(self.params, *args)
         for p, g in zip(self.params, grads):
             p.grad = g
         return loss

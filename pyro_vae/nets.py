@@ -18,12 +18,64 @@ model without a line of model code.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .errors import BadValue, UserError
+
+# Large float32 products on the CPU run in oneDNN where torch has it: torch's own CPU matmul is
+# MKL's, which on AMD processors takes a path about half as fast (experiments/results/benchmark.md,
+# "The CPU's matrix products"). PYRO_VAE_ONEDNN=0 keeps torch's.
+ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+ONEDNN_MIN_MACS = 1 << 22  # rows x in x out below which torch's call costs less than oneDNN's
+
+
+def _dnn(x, w, b=None):
+    """x @ w.T (+ b) for 2-D x and w, by oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class OneDnnLinear(torch.autograd.Function):
+    """y = x W^T + b with the forward and both backward products in oneDNN (the same arithmetic
+    as F.linear up to float rounding: the sums run in another order)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        return _dnn(rows, weight.contiguous(), bias).reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _dnn(g, weight.t().contiguous()).reshape(x.shape)  # g W, as x W^T with W^T for W
+        if ctx.needs_input_grad[1]:
+            grad_w = _dnn(g.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the same parameters, the same state dict) whose large float32 products on the
+    CPU run in oneDNN (see ONEDNN); anything else is F.linear."""
+
+    def forward(self, x):
+        w = self.weight
+        if (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and x.dim() >= 1
+                and x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
+            return OneDnnLinear.apply(x, w, self.bias)
+        return F.linear(x, w, self.bias)
 
 ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU,
                "leaky-relu": nn.LeakyReLU}
@@ -52,8 +104,8 @@ class MLP(nn.Sequential):
         sizes = [in_dim] + list(widths(hidden) * layers if isinstance(hidden, int) else widths(hidden))
         blocks = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            blocks += [nn.Linear(a, b), activation(activation_name)()]
-        super().__init__(*blocks, nn.Linear(sizes[-1], out_dim))
+            blocks += [Linear(a, b), activation(activation_name)()]
+        super().__init__(*blocks, Linear(sizes[-1], out_dim))
 
 
 def mlp(*, in_dim, out_dim, hidden=(400,), activation="softplus", shape=None, reads_x=False):
@@ -67,8 +119,8 @@ class GatedDense(nn.Module):
 
     def __init__(self, in_dim, out_dim):
         super().__init__()
-        self.value = nn.Linear(in_dim, out_dim)
-        self.gate = nn.Linear(in_dim, out_dim)
+        self.value = Linear(in_dim, out_dim)
+        self.gate = Linear(in_dim, out_dim)
 
     def forward(self, x):
         return self.value(x) * torch.sigmoid(self.gate(x))
@@ -82,7 +134,7 @@ class Gated(nn.Module):
         super().__init__()
         sizes = [in_dim] + list(widths(hidden))
         self.layers = nn.Sequential(*(GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])))
-        self.out = nn.Linear(sizes[-1], out_dim)
+        self.out = Linear(sizes[-1], out_dim)
 
     def forward(self, x):
         return self.out(self.layers(x))

@@ -181,3 +181,37 @@ def test_training_steps_do_not_read_the_device(make_model, name):
             pyro_vae.fit(model, data, epochs=1, batch_size=32, progress=False)
         reads.append(counter.count)
     assert reads[0] == reads[1] > 0, reads  # > 0: the counter sees the epoch's own reads
+
+
+# --- oneDNN products (nets.Linear): the same layer as nn.Linear, up to float rounding ----------
+
+@pytest.mark.skipif(not pyro_vae.nets.ONEDNN, reason="this torch has no oneDNN linear")
+@pytest.mark.parametrize("shape", [(256, 784), (10, 64, 794), "transposed"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_is_nn_linear(shape, bias):
+    torch.manual_seed(0)
+    out_dim = 400
+    ours = pyro_vae.nets.Linear(794 if shape != (256, 784) else 784, out_dim, bias=bias)
+    ref = torch.nn.Linear(ours.in_features, out_dim, bias=bias)
+    ref.load_state_dict(ours.state_dict())  # the same parameters under the same names
+    x = torch.randn(ours.in_features, 300).t() if shape == "transposed" else torch.randn(*shape)
+    assert not x.is_contiguous() or shape != "transposed"
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    assert y1.shape == y2.shape and torch.allclose(y1, y2, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(y1)
+    (y1 * g).sum().backward()
+    (y2 * g).sum().backward()
+    assert y1.grad_fn.name().endswith("OneDnnLinearBackward")  # the oneDNN path was the one taken
+    assert torch.allclose(x1.grad, x2.grad, rtol=1e-5, atol=1e-4)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-3)
+
+
+def test_small_products_and_other_dtypes_take_torchs_linear():
+    small = pyro_vae.nets.Linear(16, 8)
+    assert small(torch.randn(4, 16, requires_grad=True)).grad_fn.name() == "AddmmBackward0"
+    big = pyro_vae.nets.Linear(784, 400).double()
+    x = torch.randn(64, 784, dtype=torch.float64)
+    assert torch.equal(big(x), torch.nn.functional.linear(x, big.weight, big.bias))
+    assert big.float()(torch.randn(0, 784)).shape == (0, 400)  # an empty batch
