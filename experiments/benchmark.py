@@ -6,7 +6,10 @@ networks, its epochs interleaved with ours.
 
 `hand` is a hand-written PyTorch loop on the same networks (a copy starting from the same weights)
 with the Adam such a loop makes, `torch.optim.Adam(params, lr)`; `handF` is the same loop with fit's
-Adam (`pyro_vae.svi.adam`: fused), so ours/handF is the cost of the PPL alone, optimizer aside. All
+Adam (`pyro_vae.svi.adam`: fused), so ours/handF is the cost of the PPL alone, optimizer aside;
+`handT` is the loop as a user writes it with torch alone: torch's Adam and torch's own matrix products
+(`nets.Linear`'s oneDNN path switched off for its epochs), so ours/handT is what moving from such a
+loop to fit gains or costs. All
 see the same binarized Fashion-MNIST and the same batches; the epochs alternate (one epoch of fit,
 then one of each other loop, from a fit callback) so all see the same machine load. A third
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
@@ -122,7 +125,9 @@ def run_setting(args, name, batch_size):
     ref_opt = torch.optim.Adam(ref.parameters(), lr=args.lr)  # the Adam a hand-written loop makes: torch's default
     fused = copy.deepcopy(ref)  # the hand-written loop with the Adam fit makes (fused where torch has it)
     fused_opt = pyro_vae.svi.adam(fused.parameters(), args.lr)
-    ref_times, ref_elbos, fused_times, peaks = [], [], [], {"ours": 0, "hand": 0}
+    plain_torch = copy.deepcopy(ref)  # the hand-written loop as a user writes it: torch's Linear products, torch's Adam
+    plain_torch_opt = torch.optim.Adam(plain_torch.parameters(), lr=args.lr)
+    ref_times, ref_elbos, fused_times, torch_times, peaks = [], [], [], [], {"ours": 0, "hand": 0}
     cuda = device == "cuda"
     plain = copy.deepcopy(ref)
     svi = SVI(plain.model, plain.guide, pyro.optim.Adam({"lr": args.lr}), Trace_ELBO(max_plate_nesting=1))
@@ -140,6 +145,11 @@ def run_setting(args, name, batch_size):
             ref_times.append(seconds)
             ref_elbos.append(elbo)
             fused_times.append(hand_written_epoch(fused, fused_opt, data, batch_size)[0])
+            onednn, pyro_vae.nets.ONEDNN = pyro_vae.nets.ONEDNN, False
+            try:
+                torch_times.append(hand_written_epoch(plain_torch, plain_torch_opt, data, batch_size)[0])
+            finally:
+                pyro_vae.nets.ONEDNN = onednn
             if cuda:
                 peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
             pyro.clear_param_store()  # the eager copy registers its modules under ours' names
@@ -167,13 +177,14 @@ def run_setting(args, name, batch_size):
     eager_s = statistics.median(eager_times[1:])
     hand_s = statistics.median(ref_times[1:])
     fused_s = statistics.median(fused_times[1:])
+    torch_s = statistics.median(torch_times[1:])
     plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
     numpyro_s, numpyro_elbo = numpyro_epoch(args, batch_size) if args.numpyro and name == "vae" else (math.nan, math.nan)
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
     min_ratio = min(h["seconds"] for h in history[1:]) / min(ref_times[1:])
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
             "eager_s": eager_s, "eager_ratio": eager_s / hand_s, "capture_s": history[0]["seconds"] - eager_times[0],
-            "fused_s": fused_s, "fused_ratio": ours_s / fused_s,
+            "fused_s": fused_s, "fused_ratio": ours_s / fused_s, "torch_s": torch_s, "torch_ratio": ours_s / torch_s,
             "min_ratio": min_ratio,
             "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
             "numpyro_s": numpyro_s, "numpyro_ratio": numpyro_s / hand_s, "numpyro_elbo": numpyro_elbo,
@@ -250,7 +261,8 @@ def main():
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
     header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'eager s/ep':>10} "
-              f"{'ratio':>6} {'capture s':>9} {'handF s/ep':>10} {'ours/F':>6} {'plain s/ep':>10} {'ratio':>6} "
+              f"{'ratio':>6} {'capture s':>9} {'handF s/ep':>10} {'ours/F':>6} {'handT s/ep':>10} {'ours/T':>6} "
+              f"{'plain s/ep':>10} {'ratio':>6} "
               f"{'numpyro s/ep':>12} {'ratio':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
@@ -259,7 +271,7 @@ def main():
             r = run_setting(args, name, batch_size)
             print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} {r['min_ratio']:6.3f} "
                   f"{r['eager_s']:10.3f} {r['eager_ratio']:6.3f} {r['capture_s']:9.2f} "
-                  f"{r['fused_s']:10.3f} {r['fused_ratio']:6.3f} "
+                  f"{r['fused_s']:10.3f} {r['fused_ratio']:6.3f} {r['torch_s']:10.3f} {r['torch_ratio']:6.3f} "
                   f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} {r['numpyro_s']:12.3f} {r['numpyro_ratio']:6.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
@@ -271,6 +283,7 @@ def main():
             summary[f"{prefix}ours_s_b{batch_size}"] = round(r["ours_s"], 4)
             summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)
             summary[f"{prefix}handF_ratio_b{batch_size}"] = round(r["fused_ratio"], 4)
+            summary[f"{prefix}handT_ratio_b{batch_size}"] = round(r["torch_ratio"], 4)
             if args.plain:
                 summary[f"{prefix}plain_ratio_b{batch_size}"] = round(r["plain_ratio"], 4)
             if not math.isnan(r["numpyro_s"]):

@@ -103,7 +103,9 @@ class Trainer:
     `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
     `warmup_epochs`, and the gradient's global norm clipped to `clip_grad` when given.
     `inputs(images, labels)` gives the model's arguments for a batch (default: `model_inputs`;
-    the quadrant task splits images instead).
+    the quadrant task splits images instead). `compile` chooses the step: "auto" (the default)
+    and "on" capture it once per batch shape (capture.py), "inductor" also compiles it, "off" runs
+    Pyro's eager step; see `choose_capture`.
 
     `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
     keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
@@ -141,7 +143,8 @@ class Trainer:
     def choose_capture(self, compile):
         """(a CapturedStep or None, a line saying which step runs and why). "auto" (the default) and
         "on" capture the loss where it can be captured (the same numbers as the eager step, bit for
-        bit, without Pyro's Python per step); "inductor" also compiles it; "off" keeps the eager step.
+        bit, without Pyro's Python per step), "auto" on the CPU only, where it is measured faster;
+        "inductor" also compiles it; "off" keeps the eager step.
         A loss that cannot be captured runs eagerly: "on" says so when it is asked for, "auto" in
         the run log only."""
         if compile not in COMPILE_MODES:
@@ -157,6 +160,9 @@ class Trainer:
             why = "--jit compiles the loss its own way"
         elif "Enum" in type(self.elbo).__name__ and compile == "auto":
             why = "the enumerated ELBO reads its label mask on the host"
+        elif compile == "auto" and any(p.device.type != "cpu" for p in self.model.parameters()):
+            why = ("--compile auto captures where the benchmark measures it faster, so far the CPU only "
+                   "(experiments/results/benchmark.md); --compile on captures here too")
         if why:
             return None, f"eager SVI step: {why}"
         if compile == "inductor":

@@ -91,6 +91,10 @@ def test_what_cannot_be_captured_runs_eagerly_and_says_why(small_digits, capsys)
     assert Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8)).captured is not None
     auto_m2 = Trainer(m2)
     assert auto_m2.captured is None and "label mask" in auto_m2.capture_note
+    # auto captures where the benchmark measured it faster: the CPU (a device without that measurement: eager)
+    elsewhere = Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8).to("meta"))
+    assert elsewhere.captured is None and "CPU only" in elsewhere.capture_note
+    assert Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8).to("meta"), compile="on").captured is not None
     with pytest.raises(pyro_vae.UserError, match="compile is auto, on, inductor, off"):
         Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), compile="yes")
 

@@ -215,3 +215,18 @@ def test_small_products_and_other_dtypes_take_torchs_linear():
     x = torch.randn(64, 784, dtype=torch.float64)
     assert torch.equal(big(x), torch.nn.functional.linear(x, big.weight, big.bias))
     assert big.float()(torch.randn(0, 784)).shape == (0, 400)  # an empty batch
+
+
+def test_fits_adam_is_fused_and_makes_torchs_default_update():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(40, 30)), torch.nn.Parameter(torch.randn(30))]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours, default = pyro_vae.svi.adam(params, 1e-3), torch.optim.Adam(copies, lr=1e-3)
+    assert ours.defaults["fused"] or tuple(map(int, torch.__version__.split(".")[:2])) < (2, 4)
+    for _ in range(50):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, copies, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        default.step()
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(params, copies))

@@ -85,7 +85,7 @@ class Config:
     patience: int | None = None  # stop when the validation ELBO has not improved for this many epochs; keep best.pt
     lr_schedule: str | None = None  # "plateau": halve the learning rate after 10 epochs without improvement
     tensorboard: str = "auto"  # event files in RUN/tensorboard: auto (where tensorboard is installed), on, off
-    compile: str = "auto"  # the SVI step captured once per batch shape (capture.py): auto, on, off
+    compile: str = "auto"  # the SVI step captured once per batch shape (capture.py): auto, on, inductor, off
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
