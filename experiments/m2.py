@@ -45,7 +45,7 @@ def main():
         for seed in range(args.seeds):
             if (n, seed) in done:
                 continue
-            run = Path(args.out) / f"{args.dataset}-labels{n}-seed{seed}"
+            run = Path(args.out) / f"{Path(args.dataset).stem}-labels{n}-seed{seed}"
             settings = dict(model="m2", dataset=args.dataset, labels=n, seed=seed, epochs=args.epochs,
                             hidden=args.hidden, z_dim=args.z_dim, lr=args.lr, batch_size=args.batch_size,
                             alpha=args.alpha, progress=False)
@@ -67,7 +67,7 @@ def main():
 def write_summary(args, log):
     rows = read_rows(log)
     command = "python experiments/m2.py " + " ".join(sys.argv[1:])
-    lines = [f"# Semi-supervised M2 on binarized {args.dataset}", "",
+    lines = [f"# Semi-supervised M2 on binarized {Path(args.dataset).name}", "",
              f"Command: `{command}`  ", f"Machine: {machine()}", "",
              f"m2: hidden {args.hidden}, z {args.z_dim}, Adam {args.lr:g}, batch {args.batch_size}, alpha {args.alpha:g} "
              f"(the weight of log q(y|x) per labelled example), TraceEnum_ELBO with y enumerated, "
