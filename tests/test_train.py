@@ -169,3 +169,16 @@ def test_a_collapsed_posterior_is_flagged_by_train_and_evaluate(tmp_path, capsys
     assert main(["evaluate", str(run), "--iw-samples", "5", "--examples", "50"]) == 0
     assert "warning: posterior collapse (0 active latent units" in capsys.readouterr().err
     assert "posterior collapse" in json.loads((run / "eval.json").read_text())["collapse"]
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    import pyro_vae
+    import pyro_vae.runs.store as store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(store.time, "strftime", lambda fmt, *a: "20261201-120000")  # one second for all
+    settings = dict(model="vae", dataset="digits", train_size=64, batch_size=32, z_dim=2, hidden=8, epochs=1,
+                    progress=False)
+    first, second = pyro_vae.train(**settings), pyro_vae.train(**settings)
+    assert first != second and second.name == first.name + "-2"
+    assert (first / "checkpoint.pt").is_file() and (second / "checkpoint.pt").is_file()

@@ -105,7 +105,20 @@ class RunLock:
 
 
 def default_run_dir(config):
-    return Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/MODEL-DATASET-TIME, claimed by creating it: a run started in the same second as another
+    (two commands in a loop, a script's grid) gets TIME-2, TIME-3, ... instead of the other's folder."""
+    base = Path("runs") / f"{config.model}-{Path(str(config.dataset)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    create_dir(base.parent, "runs folder")
+    for n in range(1, 1000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {candidate}: {write_reason(e)}") from None
+    raise UserError(f"{base}: 999 runs started in the same second; give --out")
 
 
 def create_dir(out, what="run directory"):
