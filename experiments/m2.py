@@ -84,7 +84,8 @@ def write_summary(args, log):
         acc, base = t_interval([r["accuracy"] for r in group]), t_interval([r["labels_alone"] for r in group])
         gain = t_interval([r["accuracy"] - r["labels_alone"] for r in group])
         ll = t_interval([r["log_px"] for r in group])
-        claim = "" if gain[0] - gain[1] > 0 or gain[0] + gain[1] < 0 else " (interval holds 0)"
+        claim = (" (one seed: no interval)" if len(group) < 2 else
+                 "" if gain[0] - gain[1] > 0 or gain[0] + gain[1] < 0 else " (interval holds 0)")
         lines.append(f"| {n} | {len(group)} | {acc[0]:.4f} +- {acc[1]:.4f} | {base[0]:.4f} +- {base[1]:.4f} | "
                      f"{gain[0]:+.4f} +- {gain[1]:.4f}{claim} | {ll[0]:.2f} +- {ll[1]:.2f} | "
                      f"{statistics.median(r['seconds_per_epoch'] for r in group):.1f} |")
