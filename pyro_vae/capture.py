@@ -31,11 +31,11 @@ class CaptureFailed(Exception):
 
 class CapturedStep:
     """`step(*args)` sets every parameter's `.grad` to the gradient of `loss_fn(*args)` and returns
-    the loss, from a graph captured the first time each input shape is seen."""
+    the loss, from a graph captured the second time each input shape is seen (the first time it
+    returns None and the caller steps eagerly)."""
 
-    def __init__(self, module, loss_fn, compiler=None, quiet=False):
+    def __init__(self, module, loss_fn, compiler=None):
         self.module, self.loss_fn, self.compiler = module, loss_fn, compiler
-        self.quiet = quiet  # the caller says nothing of a failed capture (it chose capture itself)
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.graphs = {}

@@ -122,10 +122,11 @@ class Trainer:
         self.beta, self.warmup_epochs, self.clip_grad = beta, warmup_epochs, clip_grad
         self.inputs = inputs
         # a ramped KL weight is a tensor on the parameters' device, written in place every step: the
-        # captured step's graph holds that tensor, so it reads the current weight (no constant baked in)
-        first = next(iter(model.parameters()), None)
+        # captured step's graph holds that tensor, so it reads the current weight (no constant baked in).
+        # (Adam above has refused a model without parameters.)
+        first = next(iter(model.parameters()))
         self.kl_weight = ScaleLatents(torch.tensor(0.0, dtype=first.dtype, device=first.device)
-                                      if warmup_epochs and first is not None else beta)
+                                      if warmup_epochs else beta)
         scaled = beta != 1 or warmup_epochs
         self.model_fn = self.kl_weight(model.model) if scaled else model.model
         self.guide_fn = self.kl_weight(model.guide) if scaled else model.guide
@@ -135,6 +136,7 @@ class Trainer:
         # DDP around the module that computes the ELBO, under torchrun
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
+        self.compile = compile
         self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
@@ -168,7 +170,7 @@ class Trainer:
         if compile == "inductor":
             return (CapturedStep(self.model, self.loss_fn, compiler="inductor"),
                     "captured SVI step, compiled by Inductor (once per batch shape; the first steps wait for it)")
-        return (CapturedStep(self.model, self.loss_fn, quiet=compile == "auto"),
+        return (CapturedStep(self.model, self.loss_fn),
                 "captured SVI step (the loss traced once per batch shape, on its second step)")
 
     def set_lr(self, lr):
@@ -225,11 +227,8 @@ class Trainer:
                 part = distributed.shard(len(idx))
                 x, y = x[part], y[part]
             if self.warmup_epochs:
-                weight = self.beta * min(1.0, ((epoch - 1) * steps + step + 1) / (self.warmup_epochs * steps))
-                if torch.is_tensor(self.kl_weight.weight):
-                    self.kl_weight.weight.fill_(weight)
-                else:
-                    self.kl_weight.weight = weight
+                self.kl_weight.weight.fill_(self.beta * min(1.0, ((epoch - 1) * steps + step + 1)
+                                                            / (self.warmup_epochs * steps)))
             args = inputs(x, y)
             # Pyro's argument and support checks cost time on every step: run them on the first step
             # of the run (unless they are switched off), which is enough to catch a malformed model or guide.
@@ -269,9 +268,9 @@ class Trainer:
                 try:
                     loss = self.captured(*args)  # None: a shape's first step, which runs eagerly
                 except CaptureFailed as e:
-                    quiet, self.captured = self.captured.quiet, None
+                    self.captured = None
                     self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
-                    if not quiet:
+                    if self.compile != "auto":  # asked for: said now (auto says it in the run log)
                         print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
                     return self._step(args, validate)
             if loss is None and self.differentiable:

@@ -17,13 +17,13 @@ def small_digits():
     return pyro_vae.load_dataset("digits", train_size=80)
 
 
-def train_both(name, data, epochs=2, **parts):
+def train_both(name, data, epochs=2, options=None, **parts):
     out = {}
     for mode in ("off", "on"):
         torch.manual_seed(0)
         pyro.set_rng_seed(0)
         model = pyro_vae.build_model(name, data.x_dim, data.n_classes, z_dim=3, hidden=16, **parts)
-        trainer = Trainer(model, compile=mode)
+        trainer = Trainer(model, compile=mode, **(options or {}))
         history = trainer.run(data, epochs, 32)
         out[mode] = (model, history, trainer)
     return out
@@ -43,13 +43,7 @@ def test_captured_training_is_the_eager_training(small_digits, name, parts):
 
 def test_a_kl_warm_up_is_captured_and_read_every_step(small_digits):
     # the weight ramps every step; a graph that had baked in the first step's weight would part from eager
-    runs = {}
-    for mode in ("off", "on"):
-        torch.manual_seed(0)
-        pyro.set_rng_seed(0)
-        model = pyro_vae.build_model("cvae1", small_digits.x_dim, small_digits.n_classes, z_dim=3, hidden=16)
-        trainer = Trainer(model, compile=mode, warmup_epochs=3, beta=2.0)
-        runs[mode] = (model, trainer.run(small_digits, 2, 32), trainer)
+    runs = train_both("cvae1", small_digits, options={"warmup_epochs": 3, "beta": 2.0})
     assert runs["on"][2].captured is not None and runs["on"][2].captured.graphs
     assert [m["train_elbo"] for m in runs["on"][1]] == [m["train_elbo"] for m in runs["off"][1]]
     for (k, a), (_, b) in zip(runs["off"][0].state_dict().items(), runs["on"][0].state_dict().items()):

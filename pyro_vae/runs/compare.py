@@ -228,9 +228,9 @@ def compare(out, vary=None, seeds=5, shared=None, evaluation=None, experiment=No
         raise write_error(out, e) from None
     recorded = out / EXPERIMENT_FILE
     if recorded.is_file():
-        before = read_experiment(recorded)
-        if before != parse_experiment(text):
-            added = extension(before, parse_experiment(text))
+        before, after = read_experiment(recorded), parse_experiment(text)
+        if before != after:
+            added = extension(before, after)
             if added is None:
                 raise UserError(f"{out} holds another experiment ({recorded} differs from these settings, other than by "
                                 f"added values or seeds); choose another --out, or run `pyro-vae compare {recorded}` "
