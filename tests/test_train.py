@@ -182,3 +182,14 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     first, second = pyro_vae.train(**settings), pyro_vae.train(**settings)
     assert first != second and second.name == first.name + "-2"
     assert (first / "checkpoint.pt").is_file() and (second / "checkpoint.pt").is_file()
+
+
+def test_a_file_where_the_runs_folder_goes_is_one_line(tmp_path, monkeypatch, capsys):
+    from pyro_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--train-size", "64", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs" in err and "is a file" in err
+    assert (tmp_path / "runs").read_text() == "not a folder"

@@ -126,6 +126,8 @@ def create_dir(out, what="run directory"):
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a file among its parents) holds the name
+        raise UserError(f"cannot write the {what} {out}: it, or a folder above it, is a file") from None
     except OSError as e:
         raise UserError(f"cannot write the {what} {out}: {write_reason(e)}") from None
     if not out.is_dir():
