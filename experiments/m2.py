@@ -34,6 +34,8 @@ def main():
     p.add_argument("--lr", type=float, default=4.2e-4)
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--alpha", type=float, default=46.0)
+    p.add_argument("--labelled-batches", default="mixed", choices=["mixed", "separate"],
+                   help="mixed into every batch, or batches of their own (Pyro's example)")
     p.add_argument("--iw-samples", type=int, default=100, help="K draws of z per class for log p(x)")
     p.add_argument("--out", default="runs/m2")
     p.add_argument("--name", default="m2", help="results file stem under experiments/results/")
@@ -48,7 +50,7 @@ def main():
             run = Path(args.out) / f"{Path(args.dataset).stem}-labels{n}-seed{seed}"
             settings = dict(model="m2", dataset=args.dataset, labels=n, seed=seed, epochs=args.epochs,
                             hidden=args.hidden, z_dim=args.z_dim, lr=args.lr, batch_size=args.batch_size,
-                            alpha=args.alpha, progress=False)
+                            alpha=args.alpha, labelled_batches=args.labelled_batches, progress=False)
             if (run / "config.json").exists():
                 run_dir = pyro_vae.train(resume=run, epochs=args.epochs, progress=False)
             else:
@@ -70,7 +72,9 @@ def write_summary(args, log):
     lines = [f"# Semi-supervised M2 on binarized {Path(args.dataset).name}", "",
              f"Command: `{command}`  ", f"Machine: {machine()}", "",
              f"m2: hidden {args.hidden}, z {args.z_dim}, Adam {args.lr:g}, batch {args.batch_size}, alpha {args.alpha:g} "
-             f"(the weight of log q(y|x) per labelled example), TraceEnum_ELBO with y enumerated, "
+             f"(the weight of log q(y|x) per labelled example), labelled examples "
+             f"{'in batches of their own' if args.labelled_batches == 'separate' else 'mixed into every batch'}, "
+             f"TraceEnum_ELBO with y enumerated, "
              f"{rows[0]['epochs']} epochs (Pyro's tutorial: 50), the last epoch's weights. Labels drawn per seed, "
              f"balanced over the classes; the other training labels hidden. `labels alone`: the same q(y|x) "
              f"network (one softplus layer of {args.hidden}) trained with cross-entropy on the labelled "

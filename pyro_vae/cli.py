@@ -285,6 +285,9 @@ def parser():
                         "hide the rest (default: all)")
     t.add_argument("--alpha", type=checked(float, errors.non_negative_number), default=c.alpha,
                    help="m2: weight of log q(y|x) per labelled example (Kingma et al.'s alpha; Pyro's example: 46)")
+    t.add_argument("--labelled-batches", default=c.labelled_batches, choices=["mixed", "separate"],
+                   help="m2 with --labels N: mix the labelled examples into every batch, or give them batches (and "
+                        "Adam steps) of their own spread over the epoch, as Pyro's example does")
     t.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training examples (default: all)")
     t.add_argument("--val-size", type=val_size_setting, default=c.val_size, metavar="SHARE|N",
                    help="the validation split: a share of the training split, or N examples (the published "

@@ -739,4 +739,25 @@ def batches(n, batch_size, shuffle=True, device="cpu"):
     return order.split(batch_size)
 
 
-__all__ = ["Dataset", "load_dataset", "download", "read_idx", "binarize", "batches", "DATASETS"]
+def batch_count(n, batch_size, apart=None):
+    """How many batches `batches(n, ...)` gives, or `batches_apart` given `apart` examples set apart."""
+    if apart is None:
+        return -(-n // batch_size)
+    return -(-apart // batch_size) + -(-(n - apart) // batch_size)
+
+
+def batches_apart(apart, batch_size, device="cpu"):
+    """Index batches in which the examples marked by the boolean mask `apart` (m2's labelled ones)
+    come in batches of their own, spread evenly among the batches of the rest; both kinds shuffled
+    afresh per call. (Pyro's semi-supervised example schedules its labelled examples this way.)"""
+    inside = apart.nonzero().squeeze(1)
+    rest = (~apart).nonzero().squeeze(1)
+    own = [b for b in inside[torch.randperm(len(inside), device=device)].split(batch_size) if len(b)]
+    others = [b for b in rest[torch.randperm(len(rest), device=device)].split(batch_size) if len(b)]
+    total, next_other = len(own) + len(others), iter(others).__next__
+    at = {int((j + 0.5) * total / len(own)): b for j, b in enumerate(own)}
+    return [at[i] if i in at else next_other() for i in range(total)]
+
+
+__all__ = ["Dataset", "load_dataset", "download", "read_idx", "binarize", "batches", "batches_apart", "batch_count",
+           "DATASETS"]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .capture import CapturedStep, CaptureFailed
-from .data import batches, binarize
+from .data import batch_count, batches, batches_apart, binarize
 from .errors import BadValue, Diverged, UserError, positive_int
 from .estimators import elbo_per_example
 from .models import model_inputs
@@ -105,13 +105,15 @@ class Trainer:
     `inputs(images, labels)` gives the model's arguments for a batch (default: `model_inputs`;
     the quadrant task splits images instead). `compile` chooses the step: "auto" (the default)
     and "on" capture it once per batch shape (capture.py), "inductor" also compiles it, "off" runs
-    Pyro's eager step; see `choose_capture`.
+    Pyro's eager step; see `choose_capture`. `labelled_batches` is m2's schedule for a data set
+    with hidden labels: "mixed" shuffles the labelled examples in among the rest, "separate" gives
+    them batches (and so Adam steps) of their own, spread evenly over the epoch, as Pyro's example does.
 
     `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
     keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
 
     def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None,
-                 compile="auto"):
+                 compile="auto", labelled_batches="mixed"):
         # pyro.module registers parameters by name in Pyro's global store; a store still holding an
         # earlier model's tensors under the same names would shadow this model's (JIT tracing and
         # pyro.optim read the store), so start from an empty one.
@@ -137,6 +139,9 @@ class Trainer:
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
         self.compile = compile
+        if labelled_batches not in ("mixed", "separate"):
+            raise BadValue(f"labelled_batches is mixed or separate, got {labelled_batches!r}")
+        self.labelled_batches = labelled_batches
         self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
@@ -193,7 +198,11 @@ class Trainer:
             raise BadValue("the training split is empty: nothing to train on")
         self.batch_size = batch_size
         inputs = self.inputs or (lambda images, labels: model_inputs(self.model, images, labels, data.n_classes))
-        steps = -(-n // batch_size)
+        self._apart = None  # the examples that get batches of their own
+        if self.labelled_batches == "separate" and getattr(data, "labelled", None) is not None:
+            self._apart = torch.zeros(n, dtype=torch.bool, device=x_train.device)
+            self._apart[torch.as_tensor(data.labelled, device=x_train.device)] = True
+        steps = batch_count(n, batch_size, None if self._apart is None else len(data.labelled))
         self._first_step = True
         for c in callbacks:
             c.on_train_start(self, epochs, steps)
@@ -220,7 +229,9 @@ class Trainer:
         # the first step whose loss was not finite (`steps`: none), kept on the device and read
         # once per epoch, so the check costs no host synchronisation per step
         first_bad = torch.full((), steps, dtype=torch.long, device=device)
-        for step, idx in enumerate(batches(n, self.batch_size, device=device)):
+        order = (batches(n, self.batch_size, device=device) if self._apart is None else
+                 batches_apart(self._apart, self.batch_size, device=device))
+        for step, idx in enumerate(order):
             x = binarize(x_train[idx]) if data.binarized else x_train[idx]
             y = y_train[idx]
             if distributed.world_size() > 1:  # binarized as a whole first: the bits do not depend on the processes

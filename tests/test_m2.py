@@ -180,6 +180,49 @@ def test_labels_are_balanced_and_seeded():
     assert (a.splits["val"][1] == -1).all() and (a.splits["test"][1] >= 0).all()
 
 
+def test_labelled_batches_apart_are_whole_and_spread_over_the_epoch():
+    from pyro_vae.data import batch_count, batches_apart
+    torch.manual_seed(0)
+    for n, k, size in [(1000, 130, 64), (1000, 1, 64), (50, 50, 8), (300, 0, 32), (7, 3, 100)]:
+        apart = torch.zeros(n, dtype=torch.bool)
+        apart[torch.randperm(n)[:k]] = True
+        order = batches_apart(apart, size)
+        assert len(order) == batch_count(n, size, k)
+        assert torch.equal(torch.cat(order).sort().values, torch.arange(n))  # every example once per epoch
+        kinds = [int(apart[b].all()) - int(not apart[b].any()) for b in order]
+        assert 0 not in kinds  # no batch mixes the two kinds
+        own = [i for i, kind in enumerate(kinds) if kind == 1]
+        assert len(own) == -(-k // size)
+        if 1 < len(own) < len(order):  # spread, not bunched: gaps differ by at most one batch
+            gaps = [b - a for a, b in zip(own, own[1:])]
+            assert max(gaps) - min(gaps) <= 1
+    # a fresh shuffle every epoch
+    assert not torch.equal(torch.cat(batches_apart(apart, 4)), torch.cat(batches_apart(apart, 4)))
+
+
+def test_separate_labelled_batches_reach_the_model_as_one_kind(tmp_path, cli_error, monkeypatch):
+    from pyro_vae.models import M2
+    data = pyro_vae.load_dataset("digits", labels=50, seed=0)
+    model = pyro_vae.build_model("m2", data.x_dim, data.n_classes, z_dim=4, hidden=16)
+    seen = []
+    groups = M2.groups
+    monkeypatch.setattr(M2, "groups", staticmethod(lambda x, y, labelled: seen.append(
+        (int(labelled.sum()), len(x))) or groups(x, y, labelled)))
+    pyro_vae.Trainer(model, compile="off", labelled_batches="separate").run(data, 1, 32)
+    steps = seen[:-2:2]  # the model's call of each training step (the guide's repeats it; then validation)
+    assert [n for n, _ in steps].count(0) == len(steps) - 2  # two batches hold the 50 labelled examples ...
+    assert sorted(size for n, size in steps if n) == [18, 32] and all(n in (0, size) for n, size in steps)
+    assert sum(size for _, size in steps) == len(data.splits["train"][0])  # ... and the rest one kind only
+    run = tmp_path / "run"
+    assert main(["train", "--model", "m2", "--labels", "50", "--labelled-batches", "separate", "--epochs", "1",
+                 "--hidden", "16", "--z-dim", "4", "--device", "cpu", "--quiet", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["labelled_batches"] == "separate"
+    cli_error(["train", "--model", "m2", "--labelled-batches", "separate", "--out", str(tmp_path / "a")],
+              "--labels N")
+    cli_error(["train", "--model", "vae", "--labelled-batches", "separate", "--out", str(tmp_path / "b")],
+              "--labels N")
+
+
 # --- the point of it: labels go further with the unlabelled data ----------------------------------------
 
 @pytest.mark.slow

@@ -89,6 +89,7 @@ class Config:
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
+    labelled_batches: str = "mixed"  # m2 with --labels N: labelled examples mixed into every batch, or "separate"
     # Written by training, not set by a user: the device each training call ran on, and the
     # learning rate or clipping a --resume changed, with the epoch from which it held.
     device_used: str | None = None
@@ -153,6 +154,10 @@ class Config:
         if c.model == "m2" and c.labels is None:
             c.labels = "all"
         non_negative_number("alpha", c.alpha)
+        if c.labelled_batches not in ("mixed", "separate"):
+            raise BadValue(f"labelled_batches is mixed or separate, got {c.labelled_batches!r}")
+        if c.labelled_batches == "separate" and (c.model != "m2" or c.labels == "all"):
+            raise BadValue("--labelled-batches separate is for m2 with --labels N, where some labels are hidden")
         for name in ("epochs", "batch_size", "z_dim", "particles"):
             positive_int(name, getattr(c, name))
         widths(c.hidden)
