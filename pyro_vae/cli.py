@@ -62,8 +62,9 @@ def compute_facts():
             "conditions": list(CONDITIONS), "max_batch": MAX_BATCH, "activations": list(ACTIVATIONS),
             "nets": list(NETS), "elbos": list(ELBOS), "priors": list(PRIORS), "guides": list(GUIDES),
             "likelihoods": list(LIKELIHOODS), "dataset_defaults": DATASET_DEFAULTS, "resumable": list(RESUMABLE),
-            "config": dataclasses.asdict(Config()), "train_settings": [f.name for f in dataclasses.fields(Config)
-                                                                       if f.name not in ("device_used", "changes")],
+            "config": dataclasses.asdict(Config()),
+            "train_settings": [f.name for f in dataclasses.fields(Config)
+                               if f.name not in ("device_used", "binarization", "changes")],
             "evaluation": EVALUATION, "compare_settings": [f for f in SETTINGS if f != "seed"],
             "quadrant_models": list(QUADRANT_MODELS), "grace": GRACE}
 

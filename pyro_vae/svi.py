@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .capture import CapturedStep, CaptureFailed
-from .data import batch_count, batches, batches_apart, binarize
+from .data import BINARIZATIONS, batch_count, batches, batches_apart
 from .errors import BadValue, Diverged, UserError, positive_int
 from .estimators import elbo_per_example
 from .models import model_inputs
@@ -108,12 +108,14 @@ class Trainer:
     Pyro's eager step; see `choose_capture`. `labelled_batches` is m2's schedule for a data set
     with hidden labels: "mixed" shuffles the labelled examples in among the rest, "separate" gives
     them batches (and so Adam steps) of their own, spread evenly over the epoch, as Pyro's example does.
+    `binarization` names how training batches of pixels are drawn (data.BINARIZATIONS; "bernoulli"
+    only to continue runs made before the faster "uniform" draw).
 
     `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
     keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
 
     def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None,
-                 compile="auto", labelled_batches="mixed"):
+                 compile="auto", labelled_batches="mixed", binarization="uniform"):
         # pyro.module registers parameters by name in Pyro's global store; a store still holding an
         # earlier model's tensors under the same names would shadow this model's (JIT tracing and
         # pyro.optim read the store), so start from an empty one.
@@ -142,6 +144,9 @@ class Trainer:
         if labelled_batches not in ("mixed", "separate"):
             raise BadValue(f"labelled_batches is mixed or separate, got {labelled_batches!r}")
         self.labelled_batches = labelled_batches
+        if binarization not in BINARIZATIONS:
+            raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {binarization!r}")
+        self.binarize = BINARIZATIONS[binarization]
         self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
@@ -232,7 +237,7 @@ class Trainer:
         order = (batches(n, self.batch_size, device=device) if self._apart is None else
                  batches_apart(self._apart, self.batch_size, device=device))
         for step, idx in enumerate(order):
-            x = binarize(x_train[idx]) if data.binarized else x_train[idx]
+            x = self.binarize(x_train[idx]) if data.binarized else x_train[idx]
             y = y_train[idx]
             if distributed.world_size() > 1:  # binarized as a whole first: the bits do not depend on the processes
                 part = distributed.shard(len(idx))

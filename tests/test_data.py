@@ -126,6 +126,38 @@ def test_digits_splits_and_fixed_binarization():
     assert torch.equal(grey.splits["test"][1], y_test)
 
 
+@pytest.mark.parametrize("name", ["uniform", "bernoulli"])
+def test_dynamic_binarization_draws_each_pixel_with_its_grey_value(name):
+    binarize = data_module.BINARIZATIONS[name]
+    p = torch.tensor([0.0, 1.0, 0.3, 0.7, 0.5, 1e-3]).repeat(50000, 1)
+    torch.manual_seed(0)
+    b = binarize(p)
+    assert b.dtype == p.dtype and b.shape == p.shape and set(b.unique().tolist()) == {0.0, 1.0}
+    assert not b[:, 0].any() and b[:, 1].all()  # grey levels 0 and 1 are certain
+    # each column's share of ones is its grey value, within 5 standard errors
+    assert ((b.mean(0) - p[0]).abs() <= 5 * (p[0] * (1 - p[0]) / 50000).sqrt()).all()
+    assert not torch.equal(b, binarize(p))  # afresh on every call
+    # the pixels are independent: neighbouring columns of one draw do not move together
+    assert abs(torch.corrcoef(b[:, 2:5].T)[0, 1:].abs().max().item()) < 0.03
+
+
+def test_a_run_records_its_binarization_and_one_from_before_reads_as_bernoulli(tmp_path):
+    import json
+    import pyro_vae
+    from pyro_vae.runs.store import read_config
+    run = pyro_vae.train(out=tmp_path / "run", dataset="digits", hidden=8, z_dim=2, epochs=1, train_size=64,
+                         device="cpu", progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["binarization"] == "uniform"
+    del config["binarization"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert read_config(run).binarization == "bernoulli"
+    config["binarization"] = "dice"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="binarization is uniform or bernoulli"):
+        read_config(run)
+
+
 def test_batches_cover_every_index_once_per_epoch():
     seen = torch.cat(list(batches(103, 10)))
     assert sorted(seen.tolist()) == list(range(103))

@@ -38,7 +38,8 @@ from .training import COLLAPSED_RATE, train
 
 EXPERIMENT_FILE = "experiment.toml"
 # What `compare` may vary or share: every train setting a user sets (not what training writes).
-SETTINGS = [f for f in Config.__dataclass_fields__ if f not in ("device_used", "changes", "data_dir", "device")]
+SETTINGS = [f for f in Config.__dataclass_fields__ if f not in ("device_used", "binarization", "changes", "data_dir",
+                                                                 "device")]
 EVALUATION = {"iw_samples": 1000, "examples": None, "fidelity_samples": 100}
 # The metrics of the summary: eval.json key -> (what it is, whether higher is better).
 METRICS = {

@@ -17,7 +17,7 @@ from torch import nn
 
 from pathlib import Path
 
-from ..data import CONDITIONS, DATASETS, is_builtin
+from ..data import BINARIZATIONS, CONDITIONS, DATASETS, is_builtin
 from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number,
                       share_or_count)
 from ..models import model_class
@@ -90,9 +90,11 @@ class Config:
     labels: int | str | None = None  # m2: keep this many training labels (balanced, seeded), or "all"
     alpha: float = 46.0  # m2: weight of log q(y|x) per labelled example (Pyro's SS-VAE example: 46)
     labelled_batches: str = "mixed"  # m2 with --labels N: labelled examples mixed into every batch, or "separate"
-    # Written by training, not set by a user: the device each training call ran on, and the
-    # learning rate or clipping a --resume changed, with the epoch from which it held.
+    # Written by training, not set by a user: the device each training call ran on, how its batches
+    # were binarized (data.BINARIZATIONS), and the learning rate or clipping a --resume changed,
+    # with the epoch from which it held.
     device_used: str | None = None
+    binarization: str = "uniform"  # how training pixels are drawn; runs from before it existed: "bernoulli"
     changes: list = dataclasses.field(default_factory=list)
 
     def current(self, name):
@@ -154,6 +156,8 @@ class Config:
         if c.model == "m2" and c.labels is None:
             c.labels = "all"
         non_negative_number("alpha", c.alpha)
+        if c.binarization not in BINARIZATIONS:
+            raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {c.binarization!r}")
         if c.labelled_batches not in ("mixed", "separate"):
             raise BadValue(f"labelled_batches is mixed or separate, got {c.labelled_batches!r}")
         if c.labelled_batches == "separate" and (c.model != "m2" or c.labels == "all"):
@@ -217,7 +221,8 @@ class Config:
     @classmethod
     def from_dict(cls, d):
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        # a run from before `binarization` was recorded drew its batches with torch.bernoulli
+        return cls(**{"binarization": "bernoulli", **{k: v for k, v in d.items() if k in known}})
 
 
 def check_change(change, where="changes: "):

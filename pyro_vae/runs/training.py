@@ -198,7 +198,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     config.device_used = str(device)
     trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.current("lr"),
                       beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"),
-                      compile=config.compile, labelled_batches=config.labelled_batches)
+                      compile=config.compile, labelled_batches=config.labelled_batches,
+                      binarization=config.binarization)
     if state:
         restore(trainer, state, config, run_dir / "checkpoint.pt")
     done = trainer.epoch
