@@ -189,6 +189,26 @@ def compare_grid(args, COMPARE_SETTINGS):
     return shared, vary
 
 
+class PartArg(argparse.Action):
+    """--prior-arg / --guide-arg / --likelihood-arg KEY=VALUE: one keyword argument of that part's
+    constructor (VALUE read as a Python number, True/False/None, else text), gathered by kind into
+    the one setting part_args, e.g. {"prior": {"pseudo_inputs": 500}}."""
+
+    def __call__(self, parser, namespace, text, option_string=None):
+        import ast
+
+        key, eq, value = text.partition("=")
+        if not eq or not key.strip().isidentifier():
+            parser.error(f"{option_string} takes KEY=VALUE (a keyword of the part's constructor), got {text!r}")
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = value.strip()
+        gathered = dict(getattr(namespace, self.dest) or {})
+        gathered[self.const] = {**gathered.get(self.const, {}), key.strip(): value}
+        setattr(namespace, self.dest, gathered)
+
+
 def labels_setting(text):
     """--labels: a positive whole number, or all."""
     return text if text == "all" else positive_int(text)
@@ -269,6 +289,11 @@ def parser():
     t.add_argument("--likelihood", type=part_choice("likelihood", F["likelihoods"]),
                    metavar="{" + ",".join(F["likelihoods"]) + "}|MODULE:NAME", default=None,
                    help=f"p(x|.) ({model_defaults('likelihood', '; cbernoulli and normal train on grey pixels', F)})")
+    for kind, example in (("prior", "e.g. pseudo_inputs=500 (vamp) or components=20 (mog)"),
+                          ("guide", "e.g. flows=4 (iaf) or rank=5 (lowrank)"), ("likelihood", "of your own, say")):
+        t.add_argument(f"--{kind}-arg", dest="part_args", action=PartArg, const=kind, default=None,
+                       metavar="KEY=VALUE", help=f"a keyword argument of the {kind}'s constructor, {example}; "
+                                                 f"repeat for more")
     t.add_argument("--elbo", default=None, choices=F["elbos"],
                    help=f"objective: Trace_ELBO, TraceMeanField_ELBO (analytic KL), the IWAE bound, TraceEnum_ELBO "
                         f"({model_defaults('elbo', '', F)})")

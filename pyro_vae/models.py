@@ -79,24 +79,26 @@ class LatentVariableModel(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.conditional = "y" in cls.guide_input
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None):
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None,
+                 part_args=None):
         super().__init__()
         parts = self.choose_parts(likelihood=likelihood, prior=prior, guide=guide)
+        args = {kind: dict((part_args or {}).get(kind) or {}) for kind in ("guide", "prior", "likelihood")}
         dims = {"x": x_dim, "y": y_dim, "z": z_dim}
         self.nets = net if isinstance(net, dict) else dict.fromkeys(ROLES, net or Body(hidden=widths(hidden)))
         guide_in = sum(dims[v] for v in self.guide_input)
         self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim,
-                                 net=self.net_for("encoder", self.guide_input))
+                                 net=self.net_for("encoder", self.guide_input), **args["guide"])
         make_prior = constructor("prior", PRIORS, parts["prior"])
         self._check_prior(parts["prior"], make_prior)
         self.prior = make_part("prior", PRIORS, parts["prior"], z_dim=z_dim,
                                c_dim=dims[self.prior_input] if self.prior_input else 0,
-                               net=self.net_for("prior", (self.prior_input,)))
+                               net=self.net_for("prior", (self.prior_input,)), **args["prior"])
         if hasattr(self.prior, "attach"):  # a VampPrior is made of the guide's encoder
             self.prior.attach(self.encoder, guide_in)
         self.decoder = make_part("likelihood", LIKELIHOODS, parts["likelihood"],
                                  in_dim=sum(dims[v] for v in self.decoder_input), out_dim=dims[self.observed],
-                                 net=self.net_for("decoder", self.decoder_input))
+                                 net=self.net_for("decoder", self.decoder_input), **args["likelihood"])
 
     def net_for(self, role, reads):
         """The Body of a role's network, told whether its input starts with x."""
@@ -275,8 +277,9 @@ class M2(LatentVariableModel):
     elbos = ("enum",)
     alpha = 46.0  # the auxiliary weight per labelled example (Pyro's SS-VAE example; runs set it from config)
 
-    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None):
-        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide, net)
+    def __init__(self, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net=None,
+                 part_args=None):
+        super().__init__(x_dim, y_dim, z_dim, hidden, likelihood, prior, guide, net, part_args)
         positive_int("y_dim (the number of classes)", y_dim)
         self.classifier = self.net_for("encoder", ("x",))(x_dim, y_dim)
         self.register_buffer("label_logits", torch.zeros(y_dim))  # p(y) uniform
@@ -339,7 +342,7 @@ ROLES = ("encoder", "decoder", "prior")
 
 
 def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, prior=None, guide=None, net="mlp",
-                activation="softplus", shape=None, nets=None):
+                activation="softplus", shape=None, nets=None, part_args=None):
     """A model from the table by name. Parts left as None take the model's own defaults; each may
     be a name from its table in parts.py, an import path "module:Name", a constructor of your
     own, or a built module.
@@ -347,7 +350,8 @@ def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, pri
     Every network is a `net` (a name in nets.NETS: mlp, gated, conv; an import path; or a class
     of your own taking the keywords of nets.py) of the `hidden` widths and `activation`; `nets`
     may give another one to a role ({"encoder": ..., "decoder": ..., "prior": ...}). `shape` is the
-    shape of one example (default: (x_dim,))."""
+    shape of one example (default: (x_dim,)). `part_args` gives a part's own keyword arguments by
+    kind, e.g. {"prior": {"pseudo_inputs": 500}} for a VampPrior of 500 pseudo-inputs."""
     cls = model_class(name)
     for what, value in [("z_dim", z_dim), ("x_dim", x_dim)]:
         positive_int(what, value)
@@ -360,7 +364,8 @@ def build_model(name, x_dim, y_dim=0, z_dim=50, hidden=400, likelihood=None, pri
                             f"{type(choice).__name__}, not a built module")
     bodies = {role: Body(constructor("net", NETS, choice), hidden, activation, tuple(shape or (x_dim,)))
               for role, choice in chosen.items()}
-    return cls(x_dim, y_dim, z_dim=z_dim, likelihood=likelihood, prior=prior, guide=guide, net=bodies)
+    return cls(x_dim, y_dim, z_dim=z_dim, likelihood=likelihood, prior=prior, guide=guide, net=bodies,
+               part_args=part_args)
 
 
 def check_memory(io_dim, hidden):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import BadType, UserError
+from .errors import BadType, BadValue, UserError, positive_int
 from .nets import body
 
 # --- priors -------------------------------------------------------------------------------
@@ -94,6 +94,7 @@ class MixtureOfGaussians(nn.Module):
 
     def __init__(self, *, z_dim, c_dim=0, net=None, components=10):
         super().__init__()
+        positive_int("components", components)
         self.locs = nn.Parameter(torch.randn(components, z_dim))
         self.raw_scales = nn.Parameter(torch.zeros(components, z_dim))
         self.logits = nn.Parameter(torch.zeros(components))
@@ -112,12 +113,15 @@ class VampPrior(nn.Module):
 
     def __init__(self, *, z_dim, c_dim=0, net=None, pseudo_inputs=50):
         super().__init__()
+        positive_int("pseudo_inputs", pseudo_inputs)
         self.pseudo_inputs = pseudo_inputs
         self.encoder = None
 
     def attach(self, encoder, in_dim):
         # Not a submodule: the encoder's weights belong to the guide and are registered there.
         self.__dict__["encoder"] = getattr(encoder, "base", encoder)
+        if self.pseudo_inputs * in_dim > 2 ** 28:  # 1 GiB of float32 pseudo-inputs
+            raise BadValue(f"pseudo_inputs {self.pseudo_inputs} of {in_dim} values each would take over 1 GiB")
         self.raw_u = nn.Parameter(0.1 * torch.randn(self.pseudo_inputs, in_dim))
 
     def forward(self, c=None):
@@ -145,6 +149,7 @@ class LowRankGaussian(nn.Module):
 
     def __init__(self, *, in_dim, z_dim, net, rank=2):
         super().__init__()
+        positive_int("rank", rank)
         self.z_dim, self.rank = z_dim, rank
         self.net = body(net)(in_dim, z_dim * (2 + rank))
 
@@ -162,6 +167,7 @@ class FlowGuide(nn.Module):
 
     def __init__(self, *, in_dim, z_dim, net, flows=2):
         super().__init__()
+        positive_int("flows", flows)
         self.base = GaussianNet(in_dim=in_dim, z_dim=z_dim, net=net)
         self.flows = nn.ModuleList([T.affine_autoregressive(z_dim, hidden_dims=[max(body(net).width, 2 * z_dim)])
                                     for _ in range(flows)])

@@ -1,6 +1,7 @@
 """Swappable priors, guides, likelihoods and objectives: every combination, known answers, user parts."""
 
 import itertools
+import json
 import math
 
 import pyro
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import pyro_vae
 from pyro_vae import (Config, UserError, build_model, fit, importance_sampled, load_dataset, log_weights, make_elbo,
                       model_inputs)
 from pyro_vae.models import MODELS
@@ -218,3 +220,30 @@ def test_autoencoder_with_beta_zero_is_trained_on_reconstruction_alone():
     assert Config(model="ae", beta=0.0).resolved().beta == 0.0
     with pytest.raises(UserError, match="must not be negative"):
         Config(beta=-1.0).resolved()
+
+
+def test_a_parts_own_arguments_are_set_recorded_rebuilt_and_checked(tmp_path, cli_error):
+    from pyro_vae.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--prior", "vamp", "--prior-arg", "pseudo_inputs=7", "--guide", "iaf", "--guide-arg",
+                 "flows=3", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--device", "cpu", "--quiet",
+                 "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["part_args"] == {"prior": {"pseudo_inputs": 7}, "guide": {"flows": 3}}
+    model, _, _ = pyro_vae.load_run(run, "cpu")  # rebuilt with them: the checkpoint's shapes fit
+    assert model.prior.raw_u.shape[0] == 7 and len(model.encoder.flows) == 3
+    pyro_vae.train(resume=run, epochs=2, progress=False)
+    # refused in one line, before a run directory exists
+    for argv, needle in [(["--prior", "vamp", "--prior-arg", "pseudo_inputs=0"], "pseudo_inputs must be"),
+                         (["--prior", "vamp", "--prior-arg", "pseudos=3"], "pseudos"),
+                         (["--prior-arg", "7"], "KEY=VALUE"),
+                         (["--prior", "vamp", "--prior-arg", "pseudo_inputs=10**9"], "pseudo_inputs must be"),
+                         (["--prior", "vamp", "--prior-arg", "pseudo_inputs=100000000"], "1 GiB"),
+                         (["--guide", "iaf", "--guide-arg", "flows=2.5"], "flows must be")]:
+        cli_error(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "bad")], needle)
+        assert not (tmp_path / "bad").exists()
+    # a hand-edited config.json with malformed part_args says so in one line
+    for bad, needle in [({"encoder": {}}, "maps guide, prior or likelihood"), ({"prior": [1]}, "{keyword: value}"),
+                        ({"prior": {"pseudo_inputs": [500]}}, "must be a number"), ("vamp", "maps guide, prior or likelihood")]:
+        (run / "config.json").write_text(json.dumps({**config, "part_args": bad}))
+        cli_error(["evaluate", str(run), "--iw-samples", "2"], "config.json", needle, code=2)

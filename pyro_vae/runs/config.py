@@ -73,6 +73,7 @@ class Config:
     likelihood: str | None = None
     prior: str | None = None
     guide: str | None = None
+    part_args: dict | None = None  # a part's own keyword arguments by kind: {"prior": {"pseudo_inputs": 500}}
     elbo: str | None = None
     particles: int = 1
     beta: float = 1.0
@@ -200,13 +201,14 @@ class Config:
         if isinstance(self.changes, list):
             for change in self.changes:  # before anything copies them: a deep nesting is refused here
                 check_change(change)
+        check_part_args(self.part_args)  # before anything copies it, as changes above
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in PARTS + ("net",) + NET_ROLES and (callable(value) or isinstance(value, nn.Module)):
                 continue  # a part of your own, in memory: recorded by import path in resolved()
             if not has_type(value, f.type):
                 kinds = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
-                         list: "a list", type(None): "null"}
+                         list: "a list", dict: "an object", type(None): "null"}
                 wanted = " or ".join(kinds[t] for t in typing.get_args(f.type) or (f.type,))
                 raise BadType(f"{f.name} must be {wanted}, got {repr(value)[:60]}")
 
@@ -223,6 +225,22 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         # a run from before `binarization` was recorded drew its batches with torch.bernoulli
         return cls(**{"binarization": "bernoulli", **{k: v for k, v in d.items() if k in known}})
+
+
+def check_part_args(part_args):
+    """part_args: None, or {kind: {keyword: value}} for kinds guide, prior, likelihood, with plain
+    values (numbers, text, true/false, null), as config.json can hold them."""
+    if part_args is None:
+        return
+    if not isinstance(part_args, dict) or set(part_args) - {"guide", "prior", "likelihood"}:
+        raise BadType(f"part_args maps guide, prior or likelihood to keyword arguments, got {repr(part_args)[:80]}")
+    for kind, args in part_args.items():
+        if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+            raise BadType(f"part_args[{kind!r}] is {{keyword: value}}, got {repr(args)[:80]}")
+        bad = [k for k, v in args.items() if not (v is None or isinstance(v, (bool, int, float, str)))]
+        if bad:
+            raise BadType(f"part_args[{kind!r}][{bad[0]!r}] must be a number, text, true/false or null, got "
+                          f"{repr(args[bad[0]])[:60]}")
 
 
 def check_change(change, where="changes: "):

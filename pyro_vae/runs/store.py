@@ -417,7 +417,8 @@ def model_for(config, data):
     model = build_model(config.model, data.x_dim, data.y_dim, z_dim=config.z_dim, hidden=config.hidden,
                         likelihood=config.likelihood, prior=config.prior, guide=config.guide, net=config.net,
                         activation=config.activation, shape=data.shape,
-                        nets={r.removesuffix("_net"): getattr(config, r) for r in NET_ROLES})
+                        nets={r.removesuffix("_net"): getattr(config, r) for r in NET_ROLES},
+                        part_args=config.part_args)
     if hasattr(model, "alpha"):  # m2's auxiliary weight
         model.alpha = config.alpha
     return model
