@@ -180,6 +180,8 @@ def compare_grid(args, COMPARE_SETTINGS):
             continue
         if field == "hidden":
             values = [widths_setting(o) for o in occurrences]
+        elif field == "part_args":  # JSON, whose commas are its own: varied by repeating the option
+            values = [part_args_setting(o) for o in occurrences]
         else:
             values = [setting_value(v.strip()) for o in occurrences for v in o.split(",")]
         if len(values) == 1:
@@ -187,6 +189,15 @@ def compare_grid(args, COMPARE_SETTINGS):
         else:
             vary[field] = values
     return shared, vary
+
+
+def part_args_setting(text):
+    """compare's --part-args: a JSON object such as {"prior": {"pseudo_inputs": 500}}."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise UserError(f"--part-args takes a JSON object such as '{{\"prior\": {{\"pseudo_inputs\": 500}}}}', "
+                        f"got {text[:60]!r}") from None
 
 
 class PartArg(argparse.Action):
@@ -418,8 +429,11 @@ def parser():
     k.add_argument("--seeds", type=seeds_setting, default=None, metavar="N|S1,S2,...",
                    help="seeds 0..N-1, or these seeds (default: 5)")
     for field in F["compare_settings"]:
-        k.add_argument("--" + field.replace("_", "-"), action="append", default=None, metavar="V[,V...]",
-                       help=argparse.SUPPRESS if field == "model" else None)
+        k.add_argument("--" + field.replace("_", "-"), action="append", default=None,
+                       metavar="JSON" if field == "part_args" else "V[,V...]",
+                       help=argparse.SUPPRESS if field == "model" else
+                       'the parts\' own arguments as JSON, e.g. \'{"prior": {"pseudo_inputs": 500}}\'; repeat the '
+                       'option to vary them' if field == "part_args" else None)
     k.add_argument("--iw-samples", type=positive_int, default=F["evaluation"]["iw_samples"],
                    help="K, importance samples per test example")
     k.add_argument("--examples", type=positive_int, default=None, help="score only the first N test examples (default: all)")

@@ -165,6 +165,24 @@ def test_experiment_file_and_cli(tmp_path, capsys):
     assert "not valid TOML" in capsys.readouterr().err
 
 
+def test_a_parts_own_arguments_vary_by_json_and_survive_the_experiment_file(tmp_path, cli_error):
+    out = tmp_path / "pseudo"
+    argv = ["compare", "--models", "vae", "--seeds", "1", "--prior", "vamp", "--part-args", '{"prior": {"pseudo_inputs": 3}}',
+            "--part-args", '{"prior": {"pseudo_inputs": 6}}', "--dataset", "digits", "--epochs", "1", "--train-size", "64",
+            "--z-dim", "2", "--hidden", "8", "--iw-samples", "3", "--examples", "20", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert cells_of(out) == ["prior.pseudo_inputs=3-seed0", "prior.pseudo_inputs=6-seed0"]
+    for cell, k in [("prior.pseudo_inputs=3-seed0", 3), ("prior.pseudo_inputs=6-seed0", 6)]:
+        assert json.loads((out / cell / "config.json").read_text())["part_args"] == {"prior": {"pseudo_inputs": k}}
+    assert read_experiment(out / "experiment.toml")[1]["part_args"] == [{"prior": {"pseudo_inputs": 3}},
+                                                                      {"prior": {"pseudo_inputs": 6}}]
+    before = hashes(out)
+    assert main(["compare", str(out / "experiment.toml"), "--quiet"]) == 0  # the file reruns the same grid: nothing to do
+    assert {k: v for k, v in hashes(out).items() if "summary" not in k and not k.endswith(".png")} == \
+        {k: v for k, v in before.items() if "summary" not in k and not k.endswith(".png")}
+    cli_error(["compare", "--models", "vae,cvae1", "--part-args", "{prior", "--out", str(tmp_path / "x")], "JSON object")
+
+
 def test_parallel_jobs_train_every_cell(tmp_path):
     out = tmp_path / "exp"
     summary = pyro_vae.compare(out, vary={"model": ["vae", "cvae2"]}, seeds=1, shared={**TINY, "epochs": 1},

@@ -88,12 +88,15 @@ def grid(vary, seeds):
 def variant_name(chosen):
     """A variant's folder-safe name: the model first, then key=value for every other varied setting."""
     parts = [str(chosen["model"])] if "model" in chosen else []
-    parts += [f"{k}={format_value(v)}" for k, v in chosen.items() if k != "model"]
+    parts += [format_value(v) if k == "part_args" else f"{k}={format_value(v)}" for k, v in chosen.items()
+              if k != "model"]
     name = ",".join(parts) or "run"
     return name.replace("/", "_").replace(":", "_")
 
 
 def format_value(v):
+    if isinstance(v, dict):  # part_args: prior.pseudo_inputs=500
+        return "+".join(f"{kind}.{k}={a}" for kind, args in v.items() for k, a in (args or {}).items()) or "none"
     return ".".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
@@ -129,6 +132,11 @@ def experiment_text(shared, vary, seeds, evaluation):
             return repr(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # part_args, as an inline table: {prior = {pseudo_inputs = 500}}
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if v is None:
+            raise UserError("compare: TOML has no null, so a part argument of None cannot be recorded in "
+                            "experiment.toml; leave it out (the part's default)")
         return json.dumps(str(v))
 
     lines = ["# pyro-vae compare: the grid of this experiment directory (pyro-vae compare THIS_FILE runs it)",
