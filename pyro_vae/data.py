@@ -769,5 +769,5 @@ def batches_apart(apart, batch_size, device="cpu"):
     return [at[i] if i in at else next_other() for i in range(total)]
 
 
-__all__ = ["Dataset", "load_dataset", "download", "read_idx", "binarize", "BINARIZATIONS", "batches", "batches_apart", "batch_count",
-           "DATASETS"]
+__all__ = ["Dataset", "load_dataset", "download", "read_idx", "binarize", "BINARIZATIONS", "batches",
+           "batches_apart", "batch_count", "DATASETS"]
