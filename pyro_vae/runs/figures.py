@@ -78,8 +78,12 @@ def sample_grid(model, data, path, n=64, label=None, given=None):
         y = c.repeat_interleave(n if one else per_row, dim=0)
         means, _ = decode(model, *model_inputs(model, torch.zeros(len(y), data.x_dim, device=device), y,
                                                data.n_classes))
-        return draw_examples(means, data, path, per_row, f"{name} on {data_title(data)}: z from its prior given y, "
-                             f"decoded (mean), {heading}", row_labels=labels)
+        # what the graph draws: z ~ p(z|y) for cvae1 and cvae4, z ~ p(z) for cvae2 and m2; y reaches the
+        # decoder in all but cvae4
+        how = ("z ~ p(z|y)" if model.prior_input == "y" else "z ~ p(z)") + (
+            ", decoded with y" if "y" in model.decoder_input else ", decoded")
+        return draw_examples(means, data, path, per_row, f"{name} on {data_title(data)}: {how} (mean), {heading}",
+                             row_labels=labels)
     means, _ = decode(model, torch.zeros(n, data.x_dim, device=device))
     return draw_examples(means, data, path, int(np.ceil(np.sqrt(n))),
                          f"{name} on {data_title(data)}: z ~ p(z), decoded (mean)")
