@@ -71,6 +71,10 @@ def elbo_curves(history, path):
     train, val = [m["train_elbo"] for m in history], [m["val_elbo"] for m in history]
     ax.plot(epochs, train, label="train (training objective)")
     ax.plot(epochs, val, label="validation ELBO")
+    if len(history) > 2:  # the epoch model selection keeps (best.pt, where early stopping is on)
+        best = max(range(len(val)), key=lambda i: val[i])
+        ax.plot([epochs[best]], [val[best]], "o", color="C1", ms=5,
+                label=f"best validation: epoch {epochs[best]}, {val[best]:.2f}")
     if len(history) > 2:  # the first epoch's low ELBO would squash the rest: start the axis after it
         later = train[1:] + val[1:]
         low, high = min(later), max(later)
