@@ -10,7 +10,8 @@ auxiliary multiplier 46, TraceEnum_ELBO with y enumerated in parallel. Its 50 ep
 trains; the epochs here are stated in the results file. Every run is a run directory made by
 `pyro_vae.train` and scored by `pyro_vae.evaluate_run`; rows are appended to
 experiments/results/m2.jsonl as they finish, so an interrupted sweep keeps what it did, and a
-second invocation skips finished runs.
+second invocation skips finished runs. A file NAME.head.md beside the results (what a person
+concluded from them) is kept above the table each time it is written.
 """
 
 import argparse
@@ -94,7 +95,12 @@ def write_summary(args, log):
                      f"{gain[0]:+.4f} +- {gain[1]:.4f}{claim} | {ll[0]:.2f} +- {ll[1]:.2f} | "
                      f"{statistics.median(r['seconds_per_epoch'] for r in group):.1f} |")
     lines += ["", "Raw rows: " + f"[{log.name}]({log.name})", ""]
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    # what a person wrote about these rows (RESULTS/NAME.head.md) stays above the regenerated table
+    head = RESULTS / f"{args.name}.head.md"
+    text = "\n".join(lines)
+    if head.exists():
+        text = head.read_text().rstrip("\n") + "\n\n" + text[text.index("Command:"):]
+    (RESULTS / f"{args.name}.md").write_text(text)
 
 
 if __name__ == "__main__":
