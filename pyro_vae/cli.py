@@ -55,6 +55,7 @@ def compute_facts():
     from .parts import GUIDES, LIKELIHOODS, PRIORS
     from .runs import DATASET_DEFAULTS, RESUMABLE, Config
     from .runs.compare import EVALUATION, SETTINGS
+    from .runs.config import WRITTEN_BY_TRAINING
     from .runs.quadrants import MODELS as QUADRANT_MODELS
     from .runs.training import GRACE
 
@@ -64,7 +65,7 @@ def compute_facts():
             "likelihoods": list(LIKELIHOODS), "dataset_defaults": DATASET_DEFAULTS, "resumable": list(RESUMABLE),
             "config": dataclasses.asdict(Config()),
             "train_settings": [f.name for f in dataclasses.fields(Config)
-                               if f.name not in ("device_used", "binarization", "changes")],
+                               if f.name not in WRITTEN_BY_TRAINING],
             "evaluation": EVALUATION, "compare_settings": [f for f in SETTINGS if f != "seed"],
             "quadrant_models": list(QUADRANT_MODELS), "grace": GRACE}
 

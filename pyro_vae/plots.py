@@ -71,11 +71,12 @@ def elbo_curves(history, path):
     train, val = [m["train_elbo"] for m in history], [m["val_elbo"] for m in history]
     ax.plot(epochs, train, label="train (training objective)")
     ax.plot(epochs, val, label="validation ELBO")
-    if len(history) > 2:  # the epoch model selection keeps (best.pt, where early stopping is on)
+    if len(history) > 2:
+        # the epoch model selection keeps (best.pt, where early stopping is on)
         best = max(range(len(val)), key=lambda i: val[i])
         ax.plot([epochs[best]], [val[best]], "o", color="C1", ms=5,
                 label=f"best validation: epoch {epochs[best]}, {val[best]:.2f}")
-    if len(history) > 2:  # the first epoch's low ELBO would squash the rest: start the axis after it
+        # the first epoch's low ELBO would squash the rest: start the axis after it
         later = train[1:] + val[1:]
         low, high = min(later), max(later)
         ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
@@ -86,7 +87,7 @@ def elbo_curves(history, path):
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per example)")
     ax.set_title("training and validation ELBO per epoch", fontsize=10)
-    ax.legend()
+    ax.legend(fontsize=8)  # three entries: small enough to leave the "epoch 1" note at the bottom left clear
     ax.grid(alpha=0.3)
     return save(fig, path)
 

@@ -82,6 +82,7 @@ class Progress(Callback):
 # --compile: off (eager), on (the step captured once per shape and replayed), inductor (and compiled),
 # auto (eager until the captured step measures faster on the benchmark).
 COMPILE_MODES = ("auto", "on", "inductor", "off")
+LABELLED_BATCHES = ("mixed", "separate")  # m2's schedules of labelled examples: see Trainer
 
 
 def adam(params, lr):
@@ -141,8 +142,8 @@ class Trainer:
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
         self.compile = compile
-        if labelled_batches not in ("mixed", "separate"):
-            raise BadValue(f"labelled_batches is mixed or separate, got {labelled_batches!r}")
+        if labelled_batches not in LABELLED_BATCHES:
+            raise BadValue(f"labelled_batches is {' or '.join(LABELLED_BATCHES)}, got {labelled_batches!r}")
         self.labelled_batches = labelled_batches
         if binarization not in BINARIZATIONS:
             raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {binarization!r}")

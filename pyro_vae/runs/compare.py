@@ -30,7 +30,7 @@ from .. import plots
 from ..errors import BadValue, UserError, positive_int
 from ..files import atomic_write, write_error, write_json
 from ..models import model_class
-from .config import Config
+from .config import WRITTEN_BY_TRAINING, Config
 from .evaluation import evaluate_run
 from .figures import conditional_panels
 from .store import load_run, read_config, read_metrics
@@ -38,8 +38,7 @@ from .training import COLLAPSED_RATE, train
 
 EXPERIMENT_FILE = "experiment.toml"
 # What `compare` may vary or share: every train setting a user sets (not what training writes).
-SETTINGS = [f for f in Config.__dataclass_fields__ if f not in ("device_used", "binarization", "changes", "data_dir",
-                                                                 "device")]
+SETTINGS = [f for f in Config.__dataclass_fields__ if f not in WRITTEN_BY_TRAINING + ("data_dir", "device")]
 EVALUATION = {"iw_samples": 1000, "examples": None, "fidelity_samples": 100}
 # The metrics of the summary: eval.json key -> (what it is, whether higher is better).
 METRICS = {

@@ -23,7 +23,7 @@ from ..errors import (BadType, BadValue, UserError, finite, non_negative_number,
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
 from ..objectives import ELBOS
-from ..svi import COMPILE_MODES
+from ..svi import COMPILE_MODES, LABELLED_BATCHES
 from ..parts import GREY_LIKELIHOODS, LIKELIHOODS, REAL_LIKELIHOODS, UNIT_LIKELIHOODS, Y_LIKELIHOODS, import_object, import_path
 
 # Sizes that fit each data set, used where a setting is left as None.
@@ -49,6 +49,10 @@ PARTS = ("likelihood", "prior", "guide")
 # Learning-rate schedules on the validation ELBO: (factor, epochs without improvement before it applies).
 LR_SCHEDULES = {None: None, "plateau": (0.5, 10)}
 NET_ROLES = ("encoder_net", "decoder_net", "prior_net")
+
+
+# The fields training writes, which a user does not set (the train options and compare's settings leave them out).
+WRITTEN_BY_TRAINING = ("device_used", "binarization", "changes")
 
 
 @dataclass
@@ -159,8 +163,8 @@ class Config:
         non_negative_number("alpha", c.alpha)
         if c.binarization not in BINARIZATIONS:
             raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {c.binarization!r}")
-        if c.labelled_batches not in ("mixed", "separate"):
-            raise BadValue(f"labelled_batches is mixed or separate, got {c.labelled_batches!r}")
+        if c.labelled_batches not in LABELLED_BATCHES:
+            raise BadValue(f"labelled_batches is {' or '.join(LABELLED_BATCHES)}, got {c.labelled_batches!r}")
         if c.labelled_batches == "separate" and (c.model != "m2" or c.labels == "all"):
             raise BadValue("--labelled-batches separate is for m2 with --labels N, where some labels are hidden")
         for name in ("epochs", "batch_size", "z_dim", "particles"):
