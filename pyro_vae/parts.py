@@ -22,18 +22,62 @@ read off a part besides its forward is the `PartContract` below.
 """
 
 import importlib
+import math
 from typing import Protocol
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.distributions import constraints
 from torch.nn import functional as F
 
 from .errors import BadType, BadValue, UserError, positive_int
 from .nets import body
 
 # --- priors -------------------------------------------------------------------------------
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """p(z) = sum_k pi_k N(z; loc_k, diag scale_k^2) over K components of D dimensions (logits
+    (K,), loc and scale (K, D)): the mixture of the MoG prior and the VampPrior. The same law as
+    MixtureSameFamily(Categorical, Normal.to_event(1)), whose log-density broadcasts a batch of z
+    against every component, (B, K, D) values and as many again for the gradient. Here it is two
+    (B, D) x (D, K) products instead, from
+
+        sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . s_k^-2 - 2 z . m_k s_k^-2 + m_k^2 . s_k^-2,
+
+    taken in float64, since for the component z came from the three terms nearly cancel. The
+    components are shared by the whole batch: `expand` only sets the batch shape."""
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, logits, loc, scale, batch_shape=torch.Size(), validate_args=None):
+        if loc.dim() != 2 or scale.shape != loc.shape or logits.shape != loc.shape[:1]:
+            raise BadValue(f"a mixture takes logits (K,), loc and scale (K, D), got {tuple(logits.shape)}, "
+                           f"{tuple(loc.shape)}, {tuple(scale.shape)}")
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.logits, self.loc, self.scale, batch_shape, validate_args=self._validate_args)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(self._extended_shape(sample_shape)[:-1])
+            return torch.normal(self.loc[k], self.scale[k])
+
+    def log_prob(self, z):
+        if self._validate_args:
+            self._validate_sample(z)
+        z64, loc, precision = z.double(), self.loc.double(), self.scale.double().pow(-2)
+        scaled = loc * precision
+        squares = z64.pow(2) @ precision.T - 2 * (z64 @ scaled.T) + (loc * scaled).sum(-1)  # (..., K)
+        log_norm = self.scale.double().log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        per = self.logits.double().log_softmax(-1) - log_norm - 0.5 * squares
+        out = per.logsumexp(-1).to(z.dtype)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
 
 class StandardNormal(nn.Module):
@@ -100,8 +144,7 @@ class MixtureOfGaussians(nn.Module):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def forward(self, c=None):
-        parts = dist.Normal(self.locs, F.softplus(self.raw_scales) + 1e-3).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), parts)
+        return DiagonalNormalMixture(self.logits, self.locs, F.softplus(self.raw_scales) + 1e-3)
 
 
 class VampPrior(nn.Module):
@@ -128,8 +171,11 @@ class VampPrior(nn.Module):
         if self.encoder is None:
             raise UserError("the VampPrior needs the guide's encoder: the model did not attach it")
         q = self.encoder(torch.sigmoid(self.raw_u))  # pseudo-inputs live in [0, 1] like pixels
-        weights = dist.Categorical(logits=torch.zeros(self.pseudo_inputs, device=self.raw_u.device))
-        return dist.MixtureSameFamily(weights, q)
+        uniform = torch.zeros(self.pseudo_inputs, device=self.raw_u.device)
+        normal = q.base_dist if isinstance(q, dist.Independent) else None
+        if isinstance(normal, dist.Normal) and q.reinterpreted_batch_ndims == 1:
+            return DiagonalNormalMixture(uniform, normal.loc, normal.scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=uniform), q)  # another guide's family
 
 
 PRIORS = {

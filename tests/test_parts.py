@@ -247,3 +247,41 @@ def test_a_parts_own_arguments_are_set_recorded_rebuilt_and_checked(tmp_path, cl
                         ({"prior": {"pseudo_inputs": [500]}}, "must be a number"), ("vamp", "maps guide, prior or likelihood")]:
         (run / "config.json").write_text(json.dumps({**config, "part_args": bad}))
         cli_error(["evaluate", str(run), "--iw-samples", "2"], "config.json", needle, code=2)
+
+
+def test_the_mixture_prior_density_is_the_broadcast_one_in_two_products():
+    """DiagonalNormalMixture (the MoG prior's and the VampPrior's law) against torch's
+    MixtureSameFamily in float64: the same log-density and gradients, for z near a component
+    (where the expanded terms nearly cancel) and far from all, with particle and batch dims."""
+    from pyro_vae.parts import DiagonalNormalMixture, VampPrior
+
+    torch.manual_seed(0)
+    K, D = 60, 7
+    logits = torch.randn(K, requires_grad=True)
+    loc = (3 * torch.randn(K, D)).requires_grad_()
+    scale = (0.005 + torch.rand(K, D)).requires_grad_()
+    near = loc[:20].detach() + 0.01 * torch.randn(20, D)
+    z = torch.cat([near, 30 * torch.randn(20, D)]).reshape(2, 20, D).requires_grad_()  # (particles, batch, D)
+    exact = dist.MixtureSameFamily(dist.Categorical(logits=logits.double()),
+                                   dist.Normal(loc.double(), scale.double()).to_event(1)).log_prob(z.double())
+    ours = DiagonalNormalMixture(logits, loc, scale).expand([20]).log_prob(z)
+    assert ours.shape == (2, 20) and ours.dtype == torch.float32
+    assert torch.allclose(ours.double(), exact, rtol=1e-6, atol=1e-4), (ours.double() - exact).abs().max()
+    for a, b in zip(torch.autograd.grad(ours.sum(), [logits, loc, scale, z]),
+                    torch.autograd.grad(exact.sum(), [logits, loc, scale, z])):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+    # Its draws: each component as often as its weight, around its own mean.
+    p = DiagonalNormalMixture(torch.tensor([0.0, math.log(3.0)]), torch.tensor([[-50.0], [50.0]]), torch.tensor([[1.0], [2.0]]))
+    draws = p.expand([4]).sample((20000,))
+    assert draws.shape == (20000, 4, 1)
+    high = draws > 0
+    assert abs(high.float().mean().item() - 0.75) < 0.01
+    assert abs(draws[high].std().item() - 2.0) < 0.05 and abs(draws[~high].mean().item() + 50) < 0.05
+
+    # The VampPrior is this law over its encoded pseudo-inputs; a low-rank guide keeps torch's mixture.
+    for guide, family in [("diagonal", DiagonalNormalMixture), ("lowrank", dist.MixtureSameFamily)]:
+        model = build_model("vae", 12, z_dim=3, hidden=8, prior="vamp", guide=guide, part_args={"prior": {"pseudo_inputs": 5}})
+        assert type(model.prior()) is family
+    with pytest.raises(pyro_vae.BadValue, match="logits"):
+        DiagonalNormalMixture(torch.zeros(3), torch.zeros(4, 2), torch.ones(4, 2))
