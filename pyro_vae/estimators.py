@@ -157,12 +157,11 @@ def latent_means(model, *args, max_batch=1 << 14):
     n = args[0].shape[0]
     for i in range(0, n, max_batch):
         chunk = [a[i:i + max_batch] if torch.is_tensor(a) else a for a in args]
-        site = poutine.trace(model.guide).get_trace(*chunk).nodes["z"]
+        q = poutine.trace(model.guide).get_trace(*chunk).nodes["z"]["fn"]
         try:
-            means.append(site["fn"].mean)
-        except NotImplementedError:  # e.g. a flow: average 64 draws of the guide
-            draws = Predictive(model.model, guide=model.guide, num_samples=64, return_sites=["z"], parallel=True)
-            means.append(draws(*chunk)["z"].reshape(64, len(chunk[0]), -1).mean(0))
+            means.append(q.mean)
+        except NotImplementedError:  # e.g. a flow: average 64 draws of q itself (the model, its decoder, is not run)
+            means.append(q.sample((64,)).mean(0))
     return torch.cat(means)
 
 
