@@ -5,7 +5,8 @@
                Pyro 1.9's per-step host reads (`.item()` on every site's log-prob sum, the host NaN
                test), so on a GPU no training step waits for its kernels
     meanfield  `TraceMeanField_ELBO`: the KL term analytic where q and p have a formula
-    iwae       `RenyiELBO(alpha=0)`: the IWAE bound with K vectorized particles
+    iwae       `IWAE_ELBO`: Pyro's `RenyiELBO(alpha=0)`, the IWAE bound with K vectorized particles,
+               with a differentiable loss of the same value and gradient (so its step is captured)
     enum       `TraceEnum_ELBO`: discrete guide sites marked for enumeration are summed out exactly
 
 `ScaleLatents` weights the log-density of every latent site (beta-VAE, KL warm-up). `--jit`
@@ -13,13 +14,16 @@ selects Pyro's JIT variants; with torch 2.13's TorchScript executor they measure
 than the plain ELBO here (experiments/jit_check.py), so they are not the default.
 """
 
+import math
 import warnings
 
+import torch
 from pyro import poutine
 from pyro.distributions.util import is_identically_zero
 from pyro.infer import (JitTrace_ELBO, JitTraceMeanField_ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO,
                         TraceMeanField_ELBO)
 from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
@@ -71,16 +75,43 @@ class EnumTrace_ELBO(TraceEnum_ELBO):
             return super().differentiable_loss(model, guide, *args, **kwargs)
 
 
-def iwae_bound(num_particles, **kwargs):
-    """The IWAE bound (Burda et al.): Renyi's alpha = 0 with K vectorized particles."""
-    return RenyiELBO(alpha=0, num_particles=num_particles, **kwargs)
+class IWAE_ELBO(RenyiELBO):
+    """The IWAE bound (Burda et al.): Pyro's RenyiELBO at alpha = 0 with K particles, plus the
+    `differentiable_loss` RenyiELBO lacks: -sum_b [logsumexp_k log w_kb - log K], from the same
+    traces and log-weights as `RenyiELBO.loss`. Its gradient is the one RenyiELBO's surrogate
+    gives when every guide site is reparameterised (the normalised weights times each gradient of
+    log w), so fit captures its step like the others'. A guide site that is not reparameterised
+    has no such gradient at alpha = 0 (RenyiELBO's surrogate drops its score-function term): it is
+    refused."""
+
+    def __init__(self, num_particles=2, **kwargs):
+        super().__init__(alpha=0, num_particles=num_particles, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        particles = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            log_w = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    log_w = log_w + torch_sum(site["log_prob"], sum_dims)
+            for name, site in guide_trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if not is_identically_zero(site["score_parts"].score_function):
+                    raise UserError(f"the iwae objective needs a reparameterised guide: site {name!r} "
+                                    f"({type(site['fn']).__name__}) is not; use --elbo trace")
+                log_w = log_w - torch_sum(site["log_prob"], sum_dims)
+            particles.append(log_w)
+        log_w = particles[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(particles)
+        return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 
 # name -> (plain, JIT-compiled) objective; None where no JIT variant gives the same loss
 ELBOS = {
     "trace": (DeviceTrace_ELBO, JitTrace_ELBO),
     "meanfield": (TraceMeanField_ELBO, JitTraceMeanField_ELBO),
-    "iwae": (iwae_bound, None),
+    "iwae": (IWAE_ELBO, None),
     "enum": (EnumTrace_ELBO, None),  # sums out the guide's enumerated discrete sites exactly (m2's y)
 }
 

@@ -135,9 +135,9 @@ class Trainer:
         scaled = beta != 1 or warmup_epochs
         self.model_fn = self.kl_weight(model.model) if scaled else model.model
         self.guide_fn = self.kl_weight(model.guide) if scaled else model.guide
-        self.differentiable = hasattr(self.elbo, "differentiable_loss")  # RenyiELBO only has loss_and_grads
+        self.differentiable = hasattr(self.elbo, "differentiable_loss")  # e.g. Pyro's RenyiELBO has loss_and_grads only
         if distributed.world_size() > 1 and not self.differentiable:
-            raise UserError("the iwae objective cannot run under torchrun (RenyiELBO has no differentiable loss)")
+            raise UserError(f"{type(self.elbo).__name__} cannot run under torchrun: it has no differentiable loss")
         # DDP around the module that computes the ELBO, under torchrun
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []

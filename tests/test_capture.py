@@ -41,6 +41,15 @@ def test_captured_training_is_the_eager_training(small_digits, name, parts):
     assert len(captured[2].captured.graphs) == 2  # 32 and the last, shorter batch: one graph per shape
 
 
+def test_the_iwae_step_is_captured_and_is_the_eager_one(small_digits):
+    runs = train_both("vae", small_digits, options={"elbo": pyro_vae.make_elbo("iwae", 3)}, prior="vamp",
+                      part_args={"prior": {"pseudo_inputs": 4}})
+    assert runs["on"][2].captured is not None and runs["on"][2].captured.graphs
+    assert [m["train_elbo"] for m in runs["on"][1]] == [m["train_elbo"] for m in runs["off"][1]]
+    for (k, a), (_, b) in zip(runs["off"][0].state_dict().items(), runs["on"][0].state_dict().items()):
+        assert torch.equal(a, b), k
+
+
 def test_a_kl_warm_up_is_captured_and_read_every_step(small_digits):
     # the weight ramps every step; a graph that had baked in the first step's weight would part from eager
     runs = train_both("cvae1", small_digits, options={"warmup_epochs": 3, "beta": 2.0})
@@ -77,8 +86,9 @@ def test_what_cannot_be_captured_runs_eagerly_and_says_why(small_digits, capsys)
     trainer.run(small_digits, 2, 32)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not be captured" in err and trainer.captured is None
-    iwae = Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), pyro_vae.make_elbo("iwae"), compile="on")
-    assert iwae.captured is None and "no differentiable loss" in iwae.capture_note
+    renyi = pyro.infer.RenyiELBO(alpha=0.5, num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    renyi = Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), renyi, compile="on")
+    assert renyi.captured is None and "RenyiELBO has no differentiable loss" in renyi.capture_note
     off = Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), compile="off")
     assert off.captured is None and "--compile off" in off.capture_note
     # the default captures where it can, and decides m2's eager step before trying (nothing on stderr)

@@ -39,7 +39,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def worker(rank, out, port):
+def worker(rank, out, port, settings=SETTINGS):
     # what torchrun would set
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
@@ -54,7 +54,7 @@ def worker(rank, out, port):
         return history
 
     Trainer.run = run_and_keep  # in this worker process only
-    training.train(out=out / "run", progress=False, **SETTINGS)
+    training.train(out=out / "run", progress=False, **settings)
 
 
 def batch_gradient(model, data, n=40):
@@ -98,3 +98,18 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     for name, grad in grads.items():
         assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
         assert torch.allclose(ranks[0]["grads"][name], grad, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_the_iwae_objective_trains_data_parallel_as_in_one_process(tmp_path, monkeypatch):
+    """IWAE_ELBO has a differentiable loss (a sum over examples), so DDP wraps it like the ELBO."""
+    settings = {**SETTINGS, "model": "vae", "elbo": "iwae", "particles": 3}
+    mp.start_processes(worker, args=(tmp_path, free_port(), settings), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    monkeypatch.setattr(torch.distributions.normal, "_standard_normal",
+                        lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    training.train(out=tmp_path / "single", progress=False, **settings)
+    single = load_checkpoint(tmp_path / "single" / "checkpoint.pt")
+    for name, value in single["model"].items():
+        assert torch.equal(ranks[0]["model"][name], ranks[1]["model"][name]), name
+        assert torch.allclose(value, ranks[0]["model"][name], rtol=1e-4, atol=1e-5), name

@@ -14,7 +14,6 @@ import pyro_vae
 from pyro_vae import (Config, UserError, build_model, fit, importance_sampled, load_dataset, log_weights, make_elbo,
                       model_inputs)
 from pyro_vae.models import MODELS
-from pyro_vae.nets import MLP
 from pyro_vae.parts import GUIDES, LIKELIHOODS, PRIORS
 
 from my_parts import LaplacePrior  # a user's prior, in a module of theirs (tests/userpkg)
@@ -130,6 +129,36 @@ def test_iwae_bound_with_one_particle_equals_the_elbo():
     pyro.set_rng_seed(1)
     elbo = make_elbo("trace").loss(model.model, model.guide, x, None)
     assert iwae == pytest.approx(elbo, abs=1e-5)
+
+
+def test_the_iwae_differentiable_loss_is_renyi_elbos_value_and_gradient():
+    """IWAE_ELBO.differentiable_loss against Pyro's own RenyiELBO(alpha=0) on the same draws: the
+    loss of `loss`, the gradient of `loss_and_grads` (its surrogate). A guide whose site is not
+    reparameterised has no IWAE gradient here and is refused."""
+    model, x = small_vae()
+    params = list(model.parameters())
+    renyi = pyro.infer.RenyiELBO(alpha=0, num_particles=5, vectorize_particles=True, max_plate_nesting=1)
+    pyro.set_rng_seed(7)
+    ours = make_elbo("iwae", particles=5).differentiable_loss(model.model, model.guide, x, None)
+    ours_grads = torch.autograd.grad(ours, params)
+    pyro.set_rng_seed(7)
+    assert ours.item() == pytest.approx(renyi.loss(model.model, model.guide, x, None), rel=1e-6)
+    pyro.set_rng_seed(7)
+    for p in params:
+        p.grad = None
+    renyi.loss_and_grads(model.model, model.guide, x, None)
+    for a, p in zip(ours_grads, params):
+        assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max().item())
+    pyro.set_rng_seed(7)  # and not the ELBO's gradient: the weights matter
+    elbo_grads = torch.autograd.grad(make_elbo("trace", 5).differentiable_loss(model.model, model.guide, x, None), params)
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(ours_grads, elbo_grads))
+
+    def discrete_guide(x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(x.shape[0], 2)).to_event(1))
+
+    with pytest.raises(UserError, match="needs a reparameterised guide: site 'z'"):
+        make_elbo("iwae", 2).differentiable_loss(model.model, discrete_guide, x, None)
 
 
 def test_jit_objectives_give_the_plain_loss():
@@ -253,7 +282,7 @@ def test_the_mixture_prior_density_is_the_broadcast_one_in_two_products():
     """DiagonalNormalMixture (the MoG prior's and the VampPrior's law) against torch's
     MixtureSameFamily in float64: the same log-density and gradients, for z near a component
     (where the expanded terms nearly cancel) and far from all, with particle and batch dims."""
-    from pyro_vae.parts import DiagonalNormalMixture, VampPrior
+    from pyro_vae.parts import DiagonalNormalMixture
 
     torch.manual_seed(0)
     K, D = 60, 7
