@@ -12,7 +12,7 @@ IWAE bound with 5 particles (early stopping still reads the validation ELBO).
 
 The setup: dynamic binarization, two gated dense layers of 300, z 40, Adam 5e-4, batch 100, a
 100-epoch linear KL warm-up, early stopping with patience 50 on a 10,000-image validation split,
-the best epoch's weights evaluated; the VampPrior with 500 pseudo-inputs. `--epochs` caps training
+the best epoch's weights evaluated; the VampPrior with 500 pseudo-inputs, started near-black and clipped to [0, 1] as in the published code. `--epochs` caps training
 (the published runs stop by patience; 2000 here by default). Each run is a run directory made by
 `pyro_vae.train` under --out (SETUP-seedS); an interrupted sweep resumes its runs where they
 stopped (a run that stopped early is not trained on), and a run already scored is skipped. Rows go
@@ -32,7 +32,7 @@ from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E
 COMMON = dict(  # every setup: the published training
     dataset="fashion-mnist", net="gated", hidden=[300, 300], z_dim=40, lr=5e-4, batch_size=100,
     warmup_epochs=100, patience=50, val_size=10000)
-VAMP = dict(prior="vamp", part_args={"prior": {"pseudo_inputs": 500}})
+VAMP = dict(prior="vamp", part_args={"prior": {"pseudo_inputs": 500, "pixels": "hardtanh"}})  # as published
 SETUPS = {"normal": dict(prior="normal"), "vamp": VAMP,
           "best": dict(VAMP, guide="iaf", elbo="iwae", particles=5)}
 # nats: (published, its spread, what it is); the VampPrior's spread is not given; `best` is measured against it

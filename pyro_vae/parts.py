@@ -150,14 +150,22 @@ class MixtureOfGaussians(nn.Module):
 class VampPrior(nn.Module):
     """p(z) = 1/K sum_k q(z|u_k): the guide's encoder applied to K learned pseudo-inputs
     (Tomczak & Welling 2018). With a flow guide the components are its Gaussian base, which
-    keeps log p(z) a single pass. The model hands it the encoder with `attach`."""
+    keeps log p(z) a single pass. The model hands it the encoder with `attach`.
+
+    `pixels` is how a pseudo-input's pixels are kept in [0, 1] like the data's: "sigmoid" (the
+    default: the sigmoid of a parameter started near 0, so grey images to begin with) or
+    "hardtanh" (the published code's: the parameter clipped to [0, 1], started at 0.05 +- 0.01,
+    near-black images; a pixel pushed outside [0, 1] gets no gradient there)."""
 
     conditional = False
+    PIXELS = ("sigmoid", "hardtanh")
 
-    def __init__(self, *, z_dim, c_dim=0, net=None, pseudo_inputs=50):
+    def __init__(self, *, z_dim, c_dim=0, net=None, pseudo_inputs=50, pixels="sigmoid"):
         super().__init__()
         positive_int("pseudo_inputs", pseudo_inputs)
-        self.pseudo_inputs = pseudo_inputs
+        if pixels not in self.PIXELS:
+            raise BadValue(f"pixels is {' or '.join(self.PIXELS)}, got {pixels!r}")
+        self.pseudo_inputs, self.pixels = pseudo_inputs, pixels
         self.encoder = None
 
     def attach(self, encoder, in_dim):
@@ -165,12 +173,14 @@ class VampPrior(nn.Module):
         self.__dict__["encoder"] = getattr(encoder, "base", encoder)
         if self.pseudo_inputs * in_dim > 2 ** 28:  # 1 GiB of float32 pseudo-inputs
             raise BadValue(f"pseudo_inputs {self.pseudo_inputs} of {in_dim} values each would take over 1 GiB")
-        self.raw_u = nn.Parameter(0.1 * torch.randn(self.pseudo_inputs, in_dim))
+        start = (0.1, 0.0) if self.pixels == "sigmoid" else (0.01, 0.05)  # (spread, centre) of the parameter
+        self.raw_u = nn.Parameter(start[0] * torch.randn(self.pseudo_inputs, in_dim) + start[1])
 
     def forward(self, c=None):
         if self.encoder is None:
             raise UserError("the VampPrior needs the guide's encoder: the model did not attach it")
-        q = self.encoder(torch.sigmoid(self.raw_u))  # pseudo-inputs live in [0, 1] like pixels
+        u = torch.sigmoid(self.raw_u) if self.pixels == "sigmoid" else F.hardtanh(self.raw_u, 0.0, 1.0)
+        q = self.encoder(u)
         uniform = torch.zeros(self.pseudo_inputs, device=self.raw_u.device)
         normal = q.base_dist if isinstance(q, dist.Independent) else None
         if isinstance(normal, dist.Normal) and q.reinterpreted_batch_ndims == 1:

@@ -268,7 +268,8 @@ def test_a_parts_own_arguments_are_set_recorded_rebuilt_and_checked(tmp_path, cl
                          (["--prior-arg", "7"], "KEY=VALUE"),
                          (["--prior", "vamp", "--prior-arg", "pseudo_inputs=10**9"], "pseudo_inputs must be"),
                          (["--prior", "vamp", "--prior-arg", "pseudo_inputs=100000000"], "1 GiB"),
-                         (["--guide", "iaf", "--guide-arg", "flows=2.5"], "flows must be")]:
+                         (["--guide", "iaf", "--guide-arg", "flows=2.5"], "flows must be"),
+                         (["--prior", "vamp", "--prior-arg", "pixels=tanh"], "pixels is sigmoid or hardtanh")]:
         cli_error(["train", *argv, "--epochs", "1", "--out", str(tmp_path / "bad")], needle)
         assert not (tmp_path / "bad").exists()
     # a hand-edited config.json with malformed part_args says so in one line
@@ -314,3 +315,27 @@ def test_the_mixture_prior_density_is_the_broadcast_one_in_two_products():
         assert type(model.prior()) is family
     with pytest.raises(pyro_vae.BadValue, match="logits"):
         DiagonalNormalMixture(torch.zeros(3), torch.zeros(4, 2), torch.ones(4, 2))
+
+
+def test_the_published_vampprior_pixels_start_near_black_and_stop_learning_outside_0_1(tmp_path):
+    """pixels="hardtanh" (the published code's pseudo-inputs): started at 0.05 +- 0.01, clipped to
+    [0, 1], no gradient to a pixel outside it; the default sigmoid ones start grey and always learn."""
+    torch.manual_seed(0)
+    published = build_model("vae", 784, z_dim=4, hidden=16, prior="vamp",
+                            part_args={"prior": {"pseudo_inputs": 50, "pixels": "hardtanh"}})
+    u = published.prior.raw_u.detach()
+    assert abs(u.mean().item() - 0.05) < 1e-3 and abs(u.std().item() - 0.01) < 1e-3
+    with torch.no_grad():
+        published.prior.raw_u[0, :10] = -0.5  # pushed below black
+        published.prior.raw_u[0, 10:20] = 1.5  # and above white
+    z = torch.randn(8, 4)
+    published.prior().log_prob(z).sum().backward()
+    grad = published.prior.raw_u.grad
+    assert (grad[0, :20] == 0).all() and (grad[0, 20:] != 0).any() and (grad[1:] != 0).any()
+
+    grey = build_model("vae", 784, z_dim=4, hidden=16, prior="vamp", part_args={"prior": {"pseudo_inputs": 50}})
+    assert abs(torch.sigmoid(grey.prior.raw_u).mean().item() - 0.5) < 0.01
+    run = pyro_vae.train(dataset="digits", prior="vamp", part_args={"prior": {"pseudo_inputs": 5, "pixels": "hardtanh"}},
+                         epochs=1, hidden=16, z_dim=2, out=tmp_path / "run", progress=False)
+    model, _, _ = pyro_vae.load_run(run, "cpu")
+    assert model.prior.pixels == "hardtanh"  # recorded in config.json and rebuilt
