@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pyro_vae
+from pyro_vae import plots
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
 
@@ -54,13 +55,14 @@ def main():
     p.add_argument("--iw-samples", type=int, default=5000)
     p.add_argument("--out", default="runs/published")
     p.add_argument("--name", default="density_fashion_mnist", help="results file stem under experiments/results/")
+    p.add_argument("--report", action="store_true", help="only write the table and the figure (of the runs so far)")
     p.add_argument("--dataset", default=COMMON["dataset"], help="(another only to try the script)")
     p.add_argument("--val-size", type=float, default=COMMON["val_size"], help="(another only to try the script)")
     args = p.parse_args()
 
     log = RESULTS / f"{args.name}.jsonl"
     done = {(setup_of(r), r["seed"]) for r in read_rows(log)}
-    for setup in args.setups.split(","):
+    for setup in [] if args.report else args.setups.split(","):
         if setup not in SETUPS:
             sys.exit(f"density_fashion_mnist.py: unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
         for seed in range(args.first_seed, args.seeds):
@@ -80,7 +82,26 @@ def main():
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
                              "eval_minutes": (time.perf_counter() - start) / 60, "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
-    write_table(args, log)
+    if read_rows(log):
+        write_table(args, log)
+    write_figure(args)
+
+
+def write_figure(args):
+    """The validation ELBO of every run under --out after the warm-up, finished or not: per setup,
+    the mean over its seeds and their range."""
+    curves = {}
+    for setup in SETUPS:
+        runs = sorted(p for p in Path(args.out).glob(f"{setup}-seed*") if (p / "metrics.jsonl").exists())
+        history = [[m["val_elbo"] for m in pyro_vae.read_metrics(r)][COMMON["warmup_epochs"]:] for r in runs]
+        if any(history):
+            curves[f"{setup}: seeds {', '.join(r.name.split('seed')[-1] for r in runs)}"] = [h for h in history if h]
+    if curves:
+        plots.curve_bands({"validation ELBO of the 10,000 held-out training images": curves},
+                          RESULTS / f"{args.name}_curves.png",
+                          f"The published setup after its {COMMON['warmup_epochs']}-epoch KL warm-up: one line per "
+                          f"run, ending where patience stopped it (or where it has got to)",
+                          "validation ELBO (nats)", start=COMMON["warmup_epochs"] + 1, each=True)
 
 
 def write_table(args, log):

@@ -220,20 +220,27 @@ def labelled_panels(panels, classes, shape, per_class, path, caption=None):
     return save(fig, path, pad=1.2, caption=caption)
 
 
-def curve_bands(panels, path, title, ylabel):
+def curve_bands(panels, path, title, ylabel, start=1, each=False):
     """One panel per entry (panel title -> {name -> list of per-seed curves, each a list of values
-    per epoch}), one line per name: the mean over the seeds that reached each epoch, and a band
-    from their lowest to their highest."""
+    per epoch, the first of them epoch `start`}), one line per name: the mean over the seeds that
+    reached each epoch, and a band from their lowest to their highest. With `each`, every seed's
+    own curve instead, in its name's colour, its highest value marked with a dot."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
     for ax, (panel, curves) in zip(axes[0], panels.items()):
         later = []
         for k, (name, runs) in enumerate(curves.items()):
             length = max(len(r) for r in runs)
-            epochs = np.arange(1, length + 1)
+            epochs = np.arange(start, start + length)
             stacked = [[r[e] for r in runs if len(r) > e] for e in range(length)]
+            later += [x for v in stacked[1:] for x in v]
+            if each:
+                for i, r in enumerate(runs):
+                    ax.plot(epochs[:len(r)], r, color=f"C{k % 10}", lw=0.8, alpha=0.85,
+                            label=f"{name} ({len(runs)} seeds; dot: best epoch)" if i == 0 else None)
+                    ax.plot(start + int(np.argmax(r)), max(r), "o", color=f"C{k % 10}", ms=4)
+                continue
             ax.plot(epochs, [np.mean(v) for v in stacked], color=f"C{k % 10}", label=f"{name} ({len(runs)} seeds)")
             ax.fill_between(epochs, [min(v) for v in stacked], [max(v) for v in stacked], color=f"C{k % 10}", alpha=0.2)
-            later += [x for v in stacked[1:] for x in v]
         if later:  # the first epoch would squash the rest
             low, high = min(later), max(later)
             ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
