@@ -106,7 +106,7 @@ def write_figure(args):
 
 def write_table(args, log):
     rows = read_rows(log)
-    command = "python experiments/density_fashion_mnist.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python experiments/density_fashion_mnist.py"] + [a for a in sys.argv[1:] if a != "--report"])
     lines = [f"Command (from `experiments/`): `{command}`  ", f"Machine: {machine()}", "",
              f"| setup | seeds | test log-likelihood (K = {rows[0]['iw_samples']}) | literature | best epochs | epochs trained | "
              "hours of training per seed |", "|---|---|---|---|---|---|---|"]
