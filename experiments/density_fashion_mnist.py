@@ -88,14 +88,15 @@ def main():
 
 
 def write_figure(args):
-    """The validation ELBO of every run under --out after the warm-up, finished or not: per setup,
-    the mean over its seeds and their range."""
+    """The validation ELBO of every run under --out after the warm-up, finished or not: one line
+    per run, coloured by setup, its best epoch dotted."""
     curves = {}
     for setup in SETUPS:
         runs = sorted(p for p in Path(args.out).glob(f"{setup}-seed*") if (p / "metrics.jsonl").exists())
         history = [[m["val_elbo"] for m in pyro_vae.read_metrics(r)][COMMON["warmup_epochs"]:] for r in runs]
         if any(history):
-            curves[f"{setup}: seeds {', '.join(r.name.split('seed')[-1] for r in runs)}"] = [h for h in history if h]
+            names = ', '.join(r.name.split('seed')[-1] for r in runs)
+            curves[f"{setup}: seed{'s' * (len(runs) > 1)} {names}"] = [h for h in history if h]
     if curves:
         plots.curve_bands({"validation ELBO of the 10,000 held-out training images": curves},
                           RESULTS / f"{args.name}_curves.png",
