@@ -45,6 +45,13 @@ def finite(value):
         return False
 
 
+def one_of(name, value, choices):
+    """`value` if it is one of `choices` (names), else a BadValue naming `name` and the choices."""
+    if value not in tuple(choices):  # a tuple: an unhashable value is refused, not a TypeError
+        raise BadValue(f"{name} is {' or '.join(choices)}, got {value!r}")
+    return value
+
+
 def positive_int(name, value):
     """`value` if it is a whole number above 0, else a BadType or BadValue naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -32,7 +32,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from .errors import BadType, BadValue, UserError, positive_int
+from .errors import BadType, BadValue, UserError, one_of, positive_int
 from .nets import body
 
 # --- priors -------------------------------------------------------------------------------
@@ -71,10 +71,11 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     def log_prob(self, z):
         if self._validate_args:
             self._validate_sample(z)
-        z64, loc, precision = z.double(), self.loc.double(), self.scale.double().pow(-2)
+        z64, loc, scale = z.double(), self.loc.double(), self.scale.double()
+        precision = scale.pow(-2)
         scaled = loc * precision
         squares = z64.pow(2) @ precision.T - 2 * (z64 @ scaled.T) + (loc * scaled).sum(-1)  # (..., K)
-        log_norm = self.scale.double().log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
         per = self.logits.double().log_softmax(-1) - log_norm - 0.5 * squares
         out = per.logsumexp(-1).to(z.dtype)
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
@@ -162,10 +163,8 @@ class VampPrior(nn.Module):
 
     def __init__(self, *, z_dim, c_dim=0, net=None, pseudo_inputs=50, pixels="sigmoid"):
         super().__init__()
-        positive_int("pseudo_inputs", pseudo_inputs)
-        if pixels not in self.PIXELS:
-            raise BadValue(f"pixels is {' or '.join(self.PIXELS)}, got {pixels!r}")
-        self.pseudo_inputs, self.pixels = pseudo_inputs, pixels
+        self.pseudo_inputs = positive_int("pseudo_inputs", pseudo_inputs)
+        self.pixels = one_of("pixels", pixels, self.PIXELS)
         self.encoder = None
 
     def attach(self, encoder, in_dim):
@@ -173,8 +172,8 @@ class VampPrior(nn.Module):
         self.__dict__["encoder"] = getattr(encoder, "base", encoder)
         if self.pseudo_inputs * in_dim > 2 ** 28:  # 1 GiB of float32 pseudo-inputs
             raise BadValue(f"pseudo_inputs {self.pseudo_inputs} of {in_dim} values each would take over 1 GiB")
-        start = (0.1, 0.0) if self.pixels == "sigmoid" else (0.01, 0.05)  # (spread, centre) of the parameter
-        self.raw_u = nn.Parameter(start[0] * torch.randn(self.pseudo_inputs, in_dim) + start[1])
+        spread, centre = (0.1, 0.0) if self.pixels == "sigmoid" else (0.01, 0.05)
+        self.raw_u = nn.Parameter(spread * torch.randn(self.pseudo_inputs, in_dim) + centre)
 
     def forward(self, c=None):
         if self.encoder is None:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import distributed
 from .capture import CapturedStep, CaptureFailed
 from .data import BINARIZATIONS, batch_count, batches, batches_apart
-from .errors import BadValue, Diverged, UserError, positive_int
+from .errors import BadValue, Diverged, UserError, one_of, positive_int
 from .estimators import elbo_per_example
 from .models import model_inputs
 from .objectives import ScaleLatents, make_elbo
@@ -142,12 +142,8 @@ class Trainer:
         self.loss_fn = distributed.loss_module(model, self.elbo, self.model_fn, self.guide_fn)
         self.epoch, self.history = 0, []
         self.compile = compile
-        if labelled_batches not in LABELLED_BATCHES:
-            raise BadValue(f"labelled_batches is {' or '.join(LABELLED_BATCHES)}, got {labelled_batches!r}")
-        self.labelled_batches = labelled_batches
-        if binarization not in BINARIZATIONS:
-            raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {binarization!r}")
-        self.binarize = BINARIZATIONS[binarization]
+        self.labelled_batches = one_of("labelled_batches", labelled_batches, LABELLED_BATCHES)
+        self.binarize = BINARIZATIONS[one_of("binarization", binarization, BINARIZATIONS)]
         self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None

@@ -18,7 +18,7 @@ from torch import nn
 from pathlib import Path
 
 from ..data import BINARIZATIONS, CONDITIONS, DATASETS, is_builtin
-from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, positive_int, positive_number,
+from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, one_of, positive_int, positive_number,
                       share_or_count)
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
@@ -161,10 +161,8 @@ class Config:
         if c.model == "m2" and c.labels is None:
             c.labels = "all"
         non_negative_number("alpha", c.alpha)
-        if c.binarization not in BINARIZATIONS:
-            raise BadValue(f"binarization is {' or '.join(BINARIZATIONS)}, got {c.binarization!r}")
-        if c.labelled_batches not in LABELLED_BATCHES:
-            raise BadValue(f"labelled_batches is {' or '.join(LABELLED_BATCHES)}, got {c.labelled_batches!r}")
+        one_of("binarization", c.binarization, BINARIZATIONS)
+        one_of("labelled_batches", c.labelled_batches, LABELLED_BATCHES)
         if c.labelled_batches == "separate" and (c.model != "m2" or c.labels == "all"):
             raise BadValue("--labelled-batches separate is for m2 with --labels N, where some labels are hidden")
         for name in ("epochs", "batch_size", "z_dim", "particles"):
