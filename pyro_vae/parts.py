@@ -42,8 +42,8 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     """p(z) = sum_k pi_k N(z; loc_k, diag scale_k^2) over K components of D dimensions (logits
     (K,), loc and scale (K, D)): the mixture of the MoG prior and the VampPrior. The same law as
     MixtureSameFamily(Categorical, Normal.to_event(1)), whose log-density broadcasts a batch of z
-    against every component, (B, K, D) values and as many again for the gradient. Here it is two
-    (B, D) x (D, K) products instead, from
+    against every component, (B, K, D) values and as many again for the gradient. Here it is one
+    (B, 2D + 1) x (2D + 1, K) product instead, from
 
         sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . s_k^-2 - 2 z . m_k s_k^-2 + m_k^2 . s_k^-2,
 
@@ -74,10 +74,13 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         z64, loc, scale = z.double(), self.loc.double(), self.scale.double()
         precision = scale.pow(-2)
         scaled = loc * precision
-        squares = z64.pow(2) @ precision.T - 2 * (z64 @ scaled.T) + (loc * scaled).sum(-1)  # (..., K)
-        log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-        per = self.logits.double().log_softmax(-1) - log_norm - 0.5 * squares
-        out = per.logsumexp(-1).to(z.dtype)
+        # log pi_k + log N(z; m_k, s_k) = [z^2, z, 1] . [-s_k^-2 / 2, m_k s_k^-2, c_k]: one product
+        # gives every component's term, with no pass over the (..., K) result before the logsumexp
+        constant = (self.logits.double().log_softmax(-1) - scale.log().sum(-1) - 0.5 * (loc * scaled).sum(-1)
+                    - 0.5 * loc.shape[-1] * math.log(2 * math.pi))
+        features = torch.cat([z64.pow(2), z64, torch.ones_like(z64[..., :1])], -1)
+        weights = torch.cat([-0.5 * precision, scaled, constant[:, None]], -1)  # (K, 2D + 1)
+        out = (features @ weights.T).logsumexp(-1).to(z.dtype)
         return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
 
 
