@@ -18,6 +18,7 @@ written in place (svi.Trainer's ramped KL weight), never a Python number, which 
 
 import sys
 import time
+from typing import Optional
 
 import pyro
 import torch
@@ -74,9 +75,11 @@ class CapturedStep:
         import torch._inductor.config as inductor_config  # part of torch; read only when asked for
 
         inductor_config.fallback_random = True
+        graph = opaque_onednn_products(graph)
         compiled = torch.compile(graph, backend="inductor", dynamic=False)
         try:
-            with torch.random.fork_rng(devices=[]):  # compiling runs the graph once: undo its draws
+            # compiling runs the graph once (undo its draws), without autograd, as every step runs it
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
                 compiled(self.params, *args)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -104,3 +107,33 @@ class CapturedStep:
             raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+_ONEDNN_OP = None
+
+
+def opaque_onednn_products(graph):
+    """The graph with its oneDNN products (`mkldnn._linear_pointwise` on plain weights, as
+    nets.Linear calls it on the CPU) turned into calls of one custom op that runs the same product:
+    Inductor compiles everything around an op it cannot see into, while its own lowering of
+    `_linear_pointwise` expects weights it has packed itself and fails on these."""
+    global _ONEDNN_OP
+    target = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    nodes = [n for n in graph.graph.nodes if target is not None and n.op == "call_function"
+             and n.target is target.default and tuple(n.args[3:]) == ("none", [], "")]
+    if not nodes:
+        return graph
+    if _ONEDNN_OP is None:
+        @torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
+        def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+            return target(x, weight, bias, "none", [], "")
+
+        @onednn_linear.register_fake
+        def _(x, weight, bias):
+            return x.new_empty(x.shape[0], weight.shape[0])
+
+        _ONEDNN_OP = torch.ops.pyro_vae.onednn_linear.default
+    for n in nodes:
+        n.target, n.args = _ONEDNN_OP, tuple(n.args[:3])
+    graph.recompile()
+    return graph
