@@ -2,6 +2,8 @@
 Trace_ELBO step for the same noise, fresh noise every step, one graph per batch shape, and the
 eager step, with one line saying why, wherever a loss cannot or must not be captured."""
 
+import json
+
 import pyro
 import pytest
 import torch
@@ -111,6 +113,24 @@ def test_a_run_with_the_captured_step_resumes_exactly(tmp_path):
     a = torch.load(whole / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(half / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_may_change_the_compile_mode_and_auto_on_off_agree_bit_for_bit(tmp_path, capsys):
+    settings = dict(model="vae", dataset="digits", train_size=64, batch_size=32, z_dim=2, hidden=8)
+    whole = pyro_vae.train(epochs=4, out=tmp_path / "whole", progress=False, **settings)  # auto throughout
+    half = pyro_vae.train(epochs=2, out=tmp_path / "half", progress=False, **settings)
+    pyro_vae.train(resume=half, epochs=4, compile="off", progress=False)  # Pyro's eager step from epoch 3
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(half / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((half / "config.json").read_text())["compile"] == "off"
+    capsys.readouterr()
+    pyro_vae.train(resume=half, epochs=5, compile="inductor")
+    out = capsys.readouterr().out
+    assert "compiled by Inductor" in out and json.loads((half / "config.json").read_text())["compile"] == "inductor"
+    with pytest.raises(pyro_vae.UserError, match="compile is auto, on, inductor, off"):
+        pyro_vae.train(resume=half, epochs=6, compile="fast", progress=False)
+    assert json.loads((half / "config.json").read_text())["compile"] == "inductor"  # the refused value left nothing
 
 
 def test_inductor_compiles_the_captured_step_with_the_same_noise(capsys):

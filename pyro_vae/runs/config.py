@@ -38,8 +38,9 @@ DATASET_DEFAULTS = {
 IN_RUN = "run:"
 
 # What `--resume` may change: the rest comes from the run's config.json, or it would not be the
-# same run. (A new lr or clip_grad, to get past a divergence, makes it differ from an uninterrupted run.)
-RESUMABLE = ("epochs", "device", "data_dir", "lr", "clip_grad")
+# same run. (A new lr or clip_grad, to get past a divergence, makes it differ from an uninterrupted run;
+# a compile mode to or from inductor, like another device, rounds differently; auto, on and off agree bit for bit.)
+RESUMABLE = ("epochs", "device", "data_dir", "lr", "clip_grad", "compile")
 
 # Settings that decide the model's shape and meaning: a checkpoint must agree with config.json on them.
 ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "guide", "net", "activation",
