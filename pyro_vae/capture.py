@@ -58,7 +58,9 @@ class CapturedStep:
                 return None
             start = time.perf_counter()
             graph = self.capture(args)
-            if self.compiler == "inductor":
+            if self.compiler == "inductor" and not self.graphs:
+                # the first shape captured is the training batch; another (an epoch's shorter last
+                # batch, stepped once an epoch) replays its graph uncompiled: seconds to save microseconds
                 graph = self.compile(graph, args)
             self.graphs[k] = graph
             self.seconds += time.perf_counter() - start

@@ -176,7 +176,7 @@ class Trainer:
             return None, f"eager SVI step: {why}"
         if compile == "inductor":
             return (CapturedStep(self.model, self.loss_fn, compiler="inductor"),
-                    "captured SVI step, compiled by Inductor (once per batch shape; the first steps wait for it)")
+                    "captured SVI step, compiled by Inductor (once, for the training batch's shape; the first steps wait for it)")
         return (CapturedStep(self.model, self.loss_fn),
                 "captured SVI step (the loss traced once per batch shape, on its second step)")
 

@@ -153,6 +153,18 @@ def test_inductor_compiles_the_captured_step_with_the_same_noise(capsys):
     assert losses["inductor"] == pytest.approx(losses["off"], rel=1e-4)
 
 
+def test_inductor_compiles_the_training_batch_shape_only():
+    data = pyro_vae.load_dataset("digits", train_size=80)  # batches of 32, 32 and 16
+    assert len(data.splits["train"][0]) == 80
+    model = pyro_vae.build_model("vae", data.x_dim, z_dim=3, hidden=16)
+    trainer = Trainer(model, compile="inductor")
+    trainer.run(data, 3, 32)
+    if trainer.captured.compiler != "inductor":  # no C++ compiler here
+        pytest.skip("Inductor could not compile")
+    compiled = {k[0][0][0]: hasattr(g, "_torchdynamo_orig_callable") for k, g in trainer.captured.graphs.items()}
+    assert compiled == {32: True, 16: False}  # the last batch, once an epoch, replays its captured graph
+
+
 @pytest.mark.skipif(not pyro_vae.nets.ONEDNN, reason="this torch has no oneDNN products")
 def test_inductor_compiles_around_the_onednn_products_with_the_same_noise(capsys):
     # networks wide enough that nets.Linear runs its products in oneDNN: Inductor's own lowering of
