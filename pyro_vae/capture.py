@@ -111,31 +111,37 @@ class CapturedStep:
             torch.distributions.Distribution.set_default_validate_args(validate)
 
 
-_ONEDNN_OP = None
-
-
 def opaque_onednn_products(graph):
     """The graph with its oneDNN products (`mkldnn._linear_pointwise` on plain weights, as
     nets.Linear calls it on the CPU) turned into calls of one custom op that runs the same product:
     Inductor compiles everything around an op it cannot see into, while its own lowering of
     `_linear_pointwise` expects weights it has packed itself and fails on these."""
-    global _ONEDNN_OP
     target = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     nodes = [n for n in graph.graph.nodes if target is not None and n.op == "call_function"
              and n.target is target.default and tuple(n.args[3:]) == ("none", [], "")]
     if not nodes:
         return graph
-    if _ONEDNN_OP is None:
-        @torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
-        def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-            return target(x, weight, bias, "none", [], "")
-
-        @onednn_linear.register_fake
-        def _(x, weight, bias):
-            return x.new_empty(x.shape[0], weight.shape[0])
-
-        _ONEDNN_OP = torch.ops.pyro_vae.onednn_linear.default
+    op = onednn_linear_op(target)
     for n in nodes:
-        n.target, n.args = _ONEDNN_OP, tuple(n.args[:3])
+        n.target, n.args = op, tuple(n.args[:3])
     graph.recompile()
     return graph
+
+
+def onednn_linear_op(target):
+    """The custom op `pyro_vae::onednn_linear(x, weight, bias)`: `target`'s product, registered on
+    first use (once per process)."""
+    try:
+        return torch.ops.pyro_vae.onednn_linear.default
+    except (AttributeError, RuntimeError):  # not registered yet
+        pass
+
+    @torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
+    def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return target(x, weight, bias, "none", [], "")
+
+    @onednn_linear.register_fake
+    def _(x, weight, bias):
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    return torch.ops.pyro_vae.onednn_linear.default
