@@ -83,6 +83,8 @@ class LatentVariableModel(nn.Module):
                  part_args=None):
         super().__init__()
         parts = self.choose_parts(likelihood=likelihood, prior=prior, guide=guide)
+        self.part_names = {kind: part if isinstance(part, str) else getattr(part, "__qualname__", type(part).__name__)
+                           for kind, part in parts.items()}  # what was chosen, for titles and logs
         args = {kind: dict((part_args or {}).get(kind) or {}) for kind in ("guide", "prior", "likelihood")}
         dims = {"x": x_dim, "y": y_dim, "z": z_dim}
         self.nets = net if isinstance(net, dict) else dict.fromkeys(ROLES, net or Body(hidden=widths(hidden)))

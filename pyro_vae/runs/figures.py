@@ -61,7 +61,7 @@ def sample_grid(model, data, path, n=64, label=None, given=None):
     class (or per attribute vector or covariate value: `condition_rows`), or only class `label`,
     or only the attributes or covariates `given`; rows are labelled with what they were given."""
     device = next(model.parameters()).device
-    name = type(model).__name__
+    name = model_title(model)
     if model.conditional:
         if given is not None:
             c, labels = torch.as_tensor([given], dtype=torch.float32, device=device), None
@@ -89,6 +89,14 @@ def sample_grid(model, data, path, n=64, label=None, given=None):
                          f"{name} on {data_title(data)}: z ~ p(z), decoded (mean)")
 
 
+def model_title(model):
+    """The model's class, with each part that is not the model's own default: "VAE (prior vamp, guide iaf)"."""
+    names = getattr(model, "part_names", {})
+    chosen = [f"{kind} {names[kind]}" for kind in ("prior", "guide", "likelihood")
+              if kind in names and names[kind] != getattr(model, "defaults", {}).get(kind)]
+    return type(model).__name__ + (f" ({', '.join(chosen)})" if chosen else "")
+
+
 def data_title(data):
     return data.name if is_builtin(data.name) else Path(data.name).name
 
@@ -100,12 +108,12 @@ def reconstructions(model, data, path, n=16):
     n = min(n, len(x))
     args = model_inputs(model, x[:n], labels[:n], data.n_classes)
     recon, _ = decode(model, *args, z=latent_means(model, *args))
-    title = f"{type(model).__name__} on {data_title(data)}: test examples and reconstructions (mean of p(x|z) at E[z|x])"
+    title = f"{model_title(model)} on {data_title(data)}: test examples and reconstructions (mean of p(x|z) at E[z|x])"
     if not data.is_image:
         return plots.vector_lines({"data": x[:8], "reconstruction": recon[:8]}, path, title, value_label(data))
     if data.binarized:  # binary data beside binary draws of p(x|z), so both rows are on one scale
         draw = torch.bernoulli(recon, generator=torch.Generator(device=recon.device).manual_seed(0))
-        title = (f"{type(model).__name__} on {data_title(data)}: binarized test images, a draw of p(x|z) and its "
+        title = (f"{model_title(model)} on {data_title(data)}: binarized test images, a draw of p(x|z) and its "
                  f"mean, at z = E[z|x]")
         return plots.image_grid(torch.cat([x[:n], draw, recon]), data.shape, path, n, title=title,
                                 row_labels=["data", "draw", "mean"])
@@ -116,7 +124,7 @@ def latent_figure(model, data, path, n=5000):
     """Test examples at their guide means, coloured by label (or by the first covariate or attribute)."""
     x, labels = data.splits["test"]
     z = latent_means(model, *model_inputs(model, x[:n], labels[:n], data.n_classes))
-    title = (f"{type(model).__name__} latent space, {data_title(data)} test set "
+    title = (f"{model_title(model)} latent space, {data_title(data)} test set "
              f"({active_units(z)} of {z.shape[1]} units active)")
     if data.condition == "label":
         return plots.latent_scatter(z, labels[:n], data.classes, path, title)
