@@ -22,6 +22,7 @@ density_fashion_mnist_table.md.
 """
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -105,12 +106,20 @@ def write_figure(args):
                           "validation ELBO (nats)", start=COMMON["warmup_epochs"] + 1, each=True)
 
 
+def median_epoch_seconds(args, setup, seed):
+    """A run's median epoch in seconds, read off its metrics.jsonl under --out ("?" where it is not
+    there): hours of training sum the epochs' seconds, which count any time the process was paused."""
+    run = Path(args.out) / f"{setup}-seed{seed}"
+    seconds = [m["seconds"] for m in pyro_vae.read_metrics(run)] if (run / "metrics.jsonl").exists() else []
+    return f"{statistics.median(seconds):.1f}" if seconds else "?"
+
+
 def write_table(args, log):
     rows = read_rows(log)
     command = " ".join(["python experiments/density_fashion_mnist.py"] + [a for a in sys.argv[1:] if a != "--report"])
     lines = [f"Command (from `experiments/`): `{command}`  ", f"Machine: {machine()}", "",
              f"| setup | seeds | test log-likelihood (K = {rows[0]['iw_samples']}) | literature | best epochs | epochs trained | "
-             "hours of training per seed |", "|---|---|---|---|---|---|---|"]
+             "hours of training per seed | median seconds per epoch |", "|---|---|---|---|---|---|---|---|"]
     for setup in SETUPS:
         group = [r for r in rows if setup_of(r) == setup]
         if not group:
@@ -121,7 +130,8 @@ def write_table(args, log):
         lines.append(f"| {setup} | {len(group)} | {mean:.2f} {spread} | {published:.2f}"
                      f"{f' +- {its_spread:.2f}' if its_spread else ''} {what} | "
                      f"{', '.join(str(r['best_epoch']) for r in group)} | {', '.join(str(r['epochs']) for r in group)} | "
-                     f"{', '.join(format(r['train_hours'], '.1f') for r in group)} |")
+                     f"{', '.join(format(r['train_hours'], '.1f') for r in group)} | "
+                     f"{', '.join(median_epoch_seconds(args, setup, r['seed']) for r in group)} |")
     lines += ["", f"Raw rows: [{log.name}]({log.name})", ""]
     (RESULTS / f"{args.name}_table.md").write_text("\n".join(lines))
 
