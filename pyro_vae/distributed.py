@@ -34,7 +34,11 @@ def setup(device):
 
 
 def cleanup():
+    """Leave the process group, all processes together: one that tore its group down while another
+    was still drawing figures was sometimes killed on exit (gloo, "terminate called without an
+    active exception"). Where a process failed instead, torchrun stops the ones left waiting."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
