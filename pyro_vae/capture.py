@@ -14,6 +14,10 @@ Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dep
 it says why and the eager step is used. A tensor the loss reads that is neither a parameter nor an
 argument is held by the graph itself, so a value that changes between steps must be such a tensor
 written in place (svi.Trainer's ramped KL weight), never a Python number, which would be baked in.
+
+With `compiler="inductor"` the training batch's graph is also compiled by Inductor, which fuses
+its elementwise work; oneDNN's products, which Inductor cannot lower as nets.Linear calls them,
+become one opaque custom op first (`opaque_onednn_products`).
 """
 
 import sys
