@@ -21,6 +21,7 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.errors import counted
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,7 +46,7 @@ def machine():
         cpu = platform.processor() or "unknown CPU"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     load = os.getloadavg()[1]  # other work on the machine slows the timings; say how much there was
-    return (f"{device} ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}, "
+    return (f"{device} ({cpu}), torch {torch.__version__} with {counted(torch.get_num_threads(), 'thread')}, "
             f"pyro {pyro.__version__}, Python {platform.python_version()}; load average {load:.1f} "
             f"(5 min) when the table was written")
 

@@ -52,6 +52,11 @@ def one_of(name, value, choices):
     return value
 
 
+def counted(n, noun):
+    """"1 seed", "3 seeds": a count and its noun, for messages and labels."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def positive_int(name, value):
     """`value` if it is a whole number above 0, else a BadType or BadValue naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int):

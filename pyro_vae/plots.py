@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .errors import UserError  # noqa: E402
+from .errors import UserError, counted  # noqa: E402
 from .files import atomic_write  # noqa: E402
 
 
@@ -220,10 +220,6 @@ def labelled_panels(panels, classes, shape, per_class, path, caption=None):
     return save(fig, path, pad=1.2, caption=caption)
 
 
-def seeds(n):
-    return f"{n} seed" + "s" * (n != 1)
-
-
 def curve_bands(panels, path, title, ylabel, start=1, each=False):
     """One panel per entry (panel title -> {name -> list of per-seed curves, each a list of values
     per epoch, the first of them epoch `start`}), one line per name: the mean over the seeds that
@@ -240,10 +236,10 @@ def curve_bands(panels, path, title, ylabel, start=1, each=False):
             if each:
                 for i, r in enumerate(runs):
                     ax.plot(epochs[:len(r)], r, color=f"C{k % 10}", lw=0.8, alpha=0.85,
-                            label=f"{name} ({seeds(len(runs))}; dot: best epoch)" if i == 0 else None)
+                            label=f"{name} ({counted(len(runs), 'seed')}; dot: best epoch)" if i == 0 else None)
                     ax.plot(start + int(np.argmax(r)), max(r), "o", color=f"C{k % 10}", ms=4)
                 continue
-            ax.plot(epochs, [np.mean(v) for v in stacked], color=f"C{k % 10}", label=f"{name} ({seeds(len(runs))})")
+            ax.plot(epochs, [np.mean(v) for v in stacked], color=f"C{k % 10}", label=f"{name} ({counted(len(runs), 'seed')})")
             ax.fill_between(epochs, [min(v) for v in stacked], [max(v) for v in stacked], color=f"C{k % 10}", alpha=0.2)
         if later:  # the first epoch would squash the rest
             low, high = min(later), max(later)

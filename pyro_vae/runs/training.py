@@ -19,7 +19,7 @@ import torch
 
 from .. import distributed
 from ..data import Dataset, content_hash, load_source
-from ..errors import Diverged, Interrupted, Terminated, UserError
+from ..errors import Diverged, Interrupted, Terminated, UserError, counted
 from .. import plots
 from ..estimators import active_units, decode, latent_means
 from ..files import atomic_write, write_json
@@ -241,9 +241,9 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     run_dir = Path(on_rank0(open_run_dir))
     if progress:
         what = f"resuming {run_dir} after epoch {done} of {config.epochs}" if done else \
-            f"training {config.model} for {config.epochs} epoch{'s' * (config.epochs != 1)} into {run_dir}"
+            f"training {config.model} for {counted(config.epochs, 'epoch')} into {run_dir}"
         print(f"pyro-vae: {what}: {config.dataset} ({len(data.splits['train'][0])} training, "
-              f"{len(data.splits['val'][0])} validation examples), {device}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}",
+              f"{len(data.splits['val'][0])} validation examples), {device}, {counted(torch.get_num_threads(), 'thread')}",
               flush=True)
         if config.compile in ("on", "inductor"):
             print(f"pyro-vae: {trainer.capture_note}", flush=True)
