@@ -1,4 +1,4 @@
-"""The training step captured once per input shape (layer 5: imports nothing of the package; any loss).
+"""The training step captured once per input shape (layer 5: imports only nets, for its oneDNN products; any loss).
 
 Pyro builds the loss in Python on every step: traces, replay, plates, distribution objects. For
 a fixed model and batch shape that Python does the same thing each time, and only the tensors
@@ -17,17 +17,18 @@ written in place (svi.Trainer's ramped KL weight), never a Python number, which 
 
 With `compiler="inductor"` the training batch's graph is also compiled by Inductor, which fuses
 its elementwise work; oneDNN's products, which Inductor cannot lower as nets.Linear calls them,
-become one opaque custom op first (`opaque_onednn_products`).
+become one opaque custom op first (`nets.opaque_onednn_products`).
 """
 
 import sys
 import time
-from typing import Optional
 
 import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.utils.stateless import _reparametrize_module
+
+from .nets import opaque_onednn_products
 
 
 class CaptureFailed(Exception):
@@ -114,38 +115,3 @@ class CapturedStep:
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
 
-
-def opaque_onednn_products(graph):
-    """The graph with its oneDNN products (`mkldnn._linear_pointwise` on plain weights, as
-    nets.Linear calls it on the CPU) turned into calls of one custom op that runs the same product:
-    Inductor compiles everything around an op it cannot see into, while its own lowering of
-    `_linear_pointwise` expects weights it has packed itself and fails on these."""
-    target = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    nodes = [n for n in graph.graph.nodes if target is not None and n.op == "call_function"
-             and n.target is target.default and tuple(n.args[3:]) == ("none", [], "")]
-    if not nodes:
-        return graph
-    op = onednn_linear_op(target)
-    for n in nodes:
-        n.target, n.args = op, tuple(n.args[:3])
-    graph.recompile()
-    return graph
-
-
-def onednn_linear_op(target):
-    """The custom op `pyro_vae::onednn_linear(x, weight, bias)`: `target`'s product, registered on
-    first use (once per process)."""
-    try:
-        return torch.ops.pyro_vae.onednn_linear.default
-    except (AttributeError, RuntimeError):  # not registered yet
-        pass
-
-    @torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
-    def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        return target(x, weight, bias, "none", [], "")
-
-    @onednn_linear.register_fake
-    def _(x, weight, bias):
-        return x.new_empty(x.shape[0], weight.shape[0])
-
-    return torch.ops.pyro_vae.onednn_linear.default

@@ -20,6 +20,7 @@ model without a line of model code.
 import math
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -35,9 +36,12 @@ ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "1") != "0" and torch.backends.mkldn
 ONEDNN_MIN_MACS = 1 << 22  # rows x in x out below which torch's call costs less than oneDNN's
 
 
+PLAIN_PRODUCT = ("none", [], "")  # _linear_pointwise's post-op arguments: no activation fused in
+
+
 def _dnn(x, w, b=None):
     """x @ w.T (+ b) for 2-D x and w, by oneDNN."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, *PLAIN_PRODUCT)
 
 
 class OneDnnLinear(torch.autograd.Function):
@@ -76,6 +80,44 @@ class Linear(nn.Linear):
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
             return OneDnnLinear.apply(x, w, self.bias)
         return F.linear(x, w, self.bias)
+
+
+def opaque_onednn_products(graph):
+    """The graph (a torch.fx GraphModule, e.g. capture.py's step) with its oneDNN products
+    (`mkldnn._linear_pointwise` on plain weights, as `Linear` calls it on the CPU) turned into
+    calls of one custom op that runs the same product: Inductor compiles everything around an op
+    it cannot see into, while its own lowering of `_linear_pointwise` expects weights it has
+    packed itself and fails on these."""
+    target = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    nodes = [n for n in graph.graph.nodes if target is not None and n.op == "call_function"
+             and n.target is target.default and tuple(n.args[3:]) == PLAIN_PRODUCT]
+    if not nodes:
+        return graph
+    op = onednn_linear_op(target)
+    for n in nodes:
+        n.target, n.args = op, tuple(n.args[:3])
+    graph.recompile()
+    return graph
+
+
+def onednn_linear_op(target):
+    """The custom op `pyro_vae::onednn_linear(x, weight, bias)`: `target`'s product, registered on
+    first use (once per process)."""
+    try:
+        return torch.ops.pyro_vae.onednn_linear.default
+    except (AttributeError, RuntimeError):  # not registered yet
+        pass
+
+    @torch.library.custom_op("pyro_vae::onednn_linear", mutates_args=())
+    def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return target(x, weight, bias, *PLAIN_PRODUCT)
+
+    @onednn_linear.register_fake
+    def _(x, weight, bias):
+        return x.new_empty(x.shape[0], weight.shape[0])
+
+    return torch.ops.pyro_vae.onednn_linear.default
+
 
 ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU,
                "leaky-relu": nn.LeakyReLU}
