@@ -43,7 +43,6 @@ def test_unconditional_samples_fill_a_square_grid_and_name_model_and_data(tmp_pa
     assert png.shape[0] > 100 and png.shape[1] > 100
 
 
-
 def test_titles_name_the_parts_that_are_not_the_models_defaults(tmp_path, digits, make_model, saved):
     torch.manual_seed(0)
     model = make_model("vae", digits, prior="mog", guide="iaf", likelihood="bernoulli").eval()
@@ -55,6 +54,7 @@ def test_titles_name_the_parts_that_are_not_the_models_defaults(tmp_path, digits
     torch.manual_seed(0)
     figures.sample_grid(make_model("cvae1", digits).eval(), digits, tmp_path / "c.png", n=10)
     assert " ".join(saved[-1]["titles"][0].split()).startswith("CVAE1 on digits")  # its own prior, the conditional one
+
 
 def test_conditional_samples_one_full_labelled_row_per_class(tmp_path, digits, make_model, saved):
     figures.sample_grid(trained("cvae1", digits, make_model), digits, tmp_path / "s.png", n=64)
