@@ -1,10 +1,11 @@
 """Why a float32 Linear layer runs in oneDNN on the CPU (pyro_vae/nets.py, `Linear`).
 
 Times one product of the benchmark's first layer, (batch x 784) @ (784 x 400), and the two
-products of its backward pass, three ways on one thread: torch's own CPU matmul (MKL in the
-official wheels), oneDNN through `torch.ops.mkldnn._linear_pointwise` (what `nets.Linear` calls,
-transposed copies included), and, where jax is installed, XLA's jitted dot (what NumPyro's epoch
-runs on). Prints milliseconds per product (the median of 7 rounds) and torch's BLAS and CPU
+products of its backward pass, on one thread: torch's own CPU matmul (MKL in the official
+wheels); oneDNN through `torch.ops.mkldnn._linear_pointwise` as `nets.Linear` calls it, its
+backward's transposed operands passed as strided views (`oneDNN ms`), and with contiguous copies
+of them made first, as it did before (`copies ms`); and, where jax is installed, XLA's jitted dot
+(what NumPyro's epoch runs on). Prints milliseconds per product (the median of 7 rounds) and torch's BLAS and CPU
 capability.
 
     python experiments/matmul_check.py [--batch 256] [--threads 1]
@@ -44,9 +45,11 @@ def main():
     x, w, g = torch.randn(args.batch, 784), torch.randn(400, 784), torch.randn(args.batch, 400)
     lp = torch.ops.mkldnn._linear_pointwise
     rows = {
-        "forward x W^T": (lambda: x @ w.t(), lambda: lp(x, w, None, "none", [], "")),
-        "grad of x: g W": (lambda: g @ w, lambda: lp(g, w.t().contiguous(), None, "none", [], "")),
-        "grad of W: g^T x": (lambda: g.t() @ x, lambda: lp(g.t().contiguous(), x.t().contiguous(), None, "none", [], "")),
+        "forward x W^T": (lambda: x @ w.t(), lambda: lp(x, w, None, "none", [], ""), None),
+        "grad of x: g W": (lambda: g @ w, lambda: lp(g, w.t(), None, "none", [], ""),
+                           lambda: lp(g, w.t().contiguous(), None, "none", [], "")),
+        "grad of W: g^T x": (lambda: g.t() @ x, lambda: lp(g.t(), x.t(), None, "none", [], ""),
+                             lambda: lp(g.t().contiguous(), x.t().contiguous(), None, "none", [], "")),
     }
     jax_dot = None
     if importlib.util.find_spec("jax") is not None:
@@ -58,12 +61,14 @@ def main():
         jax_dot = {"forward x W^T": lambda: dot(xj, wj.T).block_until_ready(),
                    "grad of x: g W": lambda: dot(gj, wj).block_until_ready(),
                    "grad of W: g^T x": lambda: dot(gj.T, xj).block_until_ready()}
-    print(f"{'product':18} {'torch ms':>9} {'oneDNN ms':>10} {'ratio':>6} {'XLA ms':>7}")
-    for name, (ours, dnn) in rows.items():
+    print(f"{'product':18} {'torch ms':>9} {'oneDNN ms':>10} {'ratio':>6} {'copies ms':>10} {'XLA ms':>7}")
+    for name, (ours, dnn, copies) in rows.items():
         assert torch.allclose(ours(), dnn(), rtol=1e-4, atol=1e-3)
+        assert copies is None or torch.equal(dnn(), copies())  # the same product, bit for bit
         a, b = timed(ours), timed(dnn)
-        c = timed(jax_dot[name]) if jax_dot else float("nan")
-        print(f"{name:18} {a:9.3f} {b:10.3f} {a / b:6.2f} {c:7.3f}")
+        c = timed(copies) if copies else float("nan")
+        d = timed(jax_dot[name]) if jax_dot else float("nan")
+        print(f"{name:18} {a:9.3f} {b:10.3f} {a / b:6.2f} {c:10.3f} {d:7.3f}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from .errors import BadValue, UserError
 # "The CPU's matrix products"). PYRO_VAE_ONEDNN=0 keeps torch's.
 ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-ONEDNN_MIN_MACS = 1 << 22  # rows x in x out below which torch's call costs less than oneDNN's
+ONEDNN_MIN_MACS = 1 << 21  # rows x in x out below which torch's call costs less than oneDNN's
 
 
 PLAIN_PRODUCT = ("none", [], "")  # _linear_pointwise's post-op arguments: no activation fused in
@@ -50,20 +50,23 @@ class OneDnnLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         rows = x.reshape(-1, x.shape[-1]).contiguous()
-        return _dnn(rows, weight.contiguous(), bias).reshape(*x.shape[:-1], weight.shape[0])
+        weight = weight.contiguous()
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
+        return _dnn(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        rows, weight = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1]).contiguous()
         grad_x = grad_w = grad_b = None
+        # oneDNN reads a transposed (strided) operand as it lies: no copy of W^T (0.33 -> 0.18 ms
+        # for 64 x 784 by 784 x 400 on this CPU, the same bits), nor of g^T and x^T
         if ctx.needs_input_grad[0]:
-            grad_x = _dnn(g, weight.t().contiguous()).reshape(x.shape)  # g W, as x W^T with W^T for W
+            grad_x = _dnn(g, weight.t()).reshape(ctx.x_shape)  # g W, as x W^T with W^T for W
         if ctx.needs_input_grad[1]:
-            grad_w = _dnn(g.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous())
+            grad_w = _dnn(g.t(), rows.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
         return grad_x, grad_w, grad_b
