@@ -16,13 +16,15 @@ copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, va
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
 Where NumPyro is installed (`pip install -e '.[bench]'`), the vae rows add NumPyro's jitted epoch of the
-same networks (experiments/numpyro_vae.py, in its own process after the torch epochs, pinned to
---threads CPUs); --no-numpyro leaves it out.
+same networks (experiments/numpyro_vae.py, in its own process pinned to --threads CPUs, one of its
+epochs after each round of the torch epochs, while they wait); --no-numpyro leaves it out.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
     python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
 
-Prints a table (ratio: of the median epochs; min r: of the fastest epochs), then one JSON line (ratio_b64, ratio_b256 for vae; cvae2_ratio_b64, ...).
+Prints a table (ratio: of the median epochs to hand's; min r: of the fastest epochs; ours/N: fit's
+median epoch over NumPyro's, and min: of their fastest), then one JSON line (ratio_b64, ratio_b256
+for vae, ours_numpyro_b64, ...; cvae2_ratio_b64, ...).
 Peak memory: on CUDA torch's peak allocation during the timed epochs; on the CPU the growth of
 peak RSS (VmHWM, reset after loading the data) in a fresh process that runs 30 steps of one path (one process per path, so the two
 paths' allocations do not mix).
@@ -99,15 +101,37 @@ def plain_svi_epoch(model, svi, data, batch_size):
     return time.perf_counter() - start, -total / len(x_train)
 
 
-def numpyro_epoch(args, batch_size):
-    """NumPyro's jitted epoch of the vae in a fresh process: median seconds per epoch, scaled
-    to all n examples (its epoch drops the last partial batch), and its last train ELBO."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numpyro_vae.py")
-    cmd = [sys.executable, script, "--batch-size", str(batch_size), "--epochs", str(args.epochs),
-           "--threads", str(args.threads)] + (["--train-size", str(args.train_size)] if args.train_size else [])
-    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    used = r["train_size"] - r["dropped_examples"]
-    return r["median_s"] * r["train_size"] / used, r["train_elbo"]
+class NumPyroEpochs:
+    """NumPyro's jitted epoch of the vae (experiments/numpyro_vae.py --serve) in a process of its
+    own, pinned to --threads CPUs, compiled before the torch epochs start; `epoch()` runs one of its
+    epochs while this process waits, so its epochs take turns with the torch loops' as theirs do
+    with each other. Seconds are scaled to all n examples (its epoch drops the last partial batch)."""
+
+    def __init__(self, args, batch_size):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numpyro_vae.py")
+        cmd = [sys.executable, script, "--serve", "--batch-size", str(batch_size), "--threads", str(args.threads)]
+        cmd += ["--train-size", str(args.train_size)] if args.train_size else []
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._answer()
+        self.scale = ready["train_size"] / (ready["train_size"] - ready["dropped_examples"])
+        self.times, self.elbo = [], math.nan
+
+    def _answer(self):
+        for line in self.proc.stdout:  # its JSON line, after any line it prints for a person
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"numpyro_vae.py --serve stopped (exit status {self.proc.wait()})")
+
+    def epoch(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        r = self._answer()
+        self.times.append(r["seconds"] * self.scale)
+        self.elbo = r["train_elbo"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def setup(args, name, batch_size):
@@ -135,6 +159,7 @@ def run_setting(args, name, batch_size):
     eager = copy.deepcopy(ref)  # fit's eager step (--compile off) on a third copy, epoch by epoch beside ours
     eager_trainer = pyro_vae.Trainer(eager, lr=args.lr, compile="off")
     eager_times = []
+    numpyro = NumPyroEpochs(args, batch_size) if args.numpyro and name == "vae" else None
 
     class ReferenceEpoch(pyro_vae.Callback):
         def on_epoch_end(self, trainer, metrics):  # after each epoch of fit, one epoch of the reference loop
@@ -162,11 +187,17 @@ def run_setting(args, name, batch_size):
                 pyro.clear_param_store()
                 plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
                 pyro.clear_param_store()
+            if numpyro:
+                numpyro.epoch()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
 
-    history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, progress=False,
-                           callbacks=[ReferenceEpoch()], compile=args.compile)
+    try:
+            history = pyro_vae.fit(ours, data, args.epochs, batch_size, args.lr, progress=False,
+                               callbacks=[ReferenceEpoch()], compile=args.compile)
+    finally:
+        if numpyro:
+            numpyro.close()
     x_val, y_val = data.splits["val"]
     ref.eval()
     ref_val = pyro_vae.elbo_per_example(ref.model, ref.guide,
@@ -179,7 +210,7 @@ def run_setting(args, name, batch_size):
     fused_s = statistics.median(fused_times[1:])
     torch_s = statistics.median(torch_times[1:])
     plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
-    numpyro_s, numpyro_elbo = numpyro_epoch(args, batch_size) if args.numpyro and name == "vae" else (math.nan, math.nan)
+    numpyro_s, numpyro_elbo = (statistics.median(numpyro.times[1:]), numpyro.elbo) if numpyro else (math.nan, math.nan)
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
     min_ratio = min(h["seconds"] for h in history[1:]) / min(ref_times[1:])
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
@@ -188,6 +219,8 @@ def run_setting(args, name, batch_size):
             "min_ratio": min_ratio,
             "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
             "numpyro_s": numpyro_s, "numpyro_ratio": numpyro_s / hand_s, "numpyro_elbo": numpyro_elbo,
+            "ours_numpyro": ours_s / numpyro_s,
+            "min_ours_numpyro": (min(h["seconds"] for h in history[1:]) / min(numpyro.times[1:])) if numpyro else math.nan,
             "ours_elbo": history[-1]["train_elbo"], "hand_elbo": ref_elbos[-1],
             "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
             "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
@@ -263,7 +296,7 @@ def main():
     header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'eager s/ep':>10} "
               f"{'ratio':>6} {'capture s':>9} {'handF s/ep':>10} {'ours/F':>6} {'handT s/ep':>10} {'ours/T':>6} "
               f"{'plain s/ep':>10} {'ratio':>6} "
-              f"{'numpyro s/ep':>12} {'ratio':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
+              f"{'numpyro s/ep':>12} {'ratio':>6} {'ours/N':>6} {'min':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
     for name in args.models.split(","):
@@ -273,6 +306,7 @@ def main():
                   f"{r['eager_s']:10.3f} {r['eager_ratio']:6.3f} {r['capture_s']:9.2f} "
                   f"{r['fused_s']:10.3f} {r['fused_ratio']:6.3f} {r['torch_s']:10.3f} {r['torch_ratio']:6.3f} "
                   f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} {r['numpyro_s']:12.3f} {r['numpyro_ratio']:6.3f} "
+                  f"{r['ours_numpyro']:6.3f} {r['min_ours_numpyro']:6.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
             prefix = "" if name == "vae" else f"{name}_"
@@ -290,6 +324,8 @@ def main():
                 summary[f"numpyro_ratio_b{batch_size}"] = round(r["numpyro_ratio"], 4)
                 summary[f"numpyro_s_b{batch_size}"] = round(r["numpyro_s"], 4)
                 summary[f"numpyro_elbo_b{batch_size}"] = r["numpyro_elbo"]
+                summary[f"ours_numpyro_b{batch_size}"] = round(r["ours_numpyro"], 4)
+                summary[f"min_ours_numpyro_b{batch_size}"] = round(r["min_ours_numpyro"], 4)
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))

@@ -11,7 +11,10 @@ sum comes back to the host, once per epoch.
     python experiments/numpyro_vae.py --batch-size 64 --epochs 4 --train-size 20000 --threads 1
 
 The first epoch includes XLA compilation and is reported on its own as compile_s; epoch_s lists
-the later ones. --threads N pins the process to N CPUs (XLA_FLAGS alone did not keep XLA on
+the later ones. With --serve it compiles, prints one JSON line, then runs one epoch for each line
+it reads on stdin and answers with a JSON line of its seconds and train ELBO, until stdin closes:
+experiments/benchmark.py runs it so, its epochs taking turns with the torch loops' on the same
+machine load. --threads N pins the process to N CPUs (XLA_FLAGS alone did not keep XLA on
 one core). Prints one line per epoch, then one JSON line. Needs numpyro and jax.
 """
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 
@@ -29,6 +33,7 @@ def main():
     p.add_argument("--train-size", type=int, default=None, help="default: the whole training split")
     p.add_argument("--threads", type=int, default=None, help="pin XLA and torch to this many CPUs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve", action="store_true", help="one epoch per line read on stdin (see above)")
     args = p.parse_args()
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first one compiles)")
@@ -110,17 +115,30 @@ def main():
     print(f"numpyro {numpyro.__version__}, jax {jax.__version__} on {jax.devices()[0]}: "
           f"{n} examples, batch {batch}, {steps} steps per epoch, {n - steps * batch} dropped per epoch")
 
-    times, elbo = [], None
-    cpu_start = None
-    for e in range(args.epochs):
+    def one_epoch():
+        nonlocal state, key
         key, epoch_key = jax.random.split(key)
-        if e == 1:
-            cpu_start = time.process_time()
         start = time.perf_counter()
         state, total = epoch(state, pixels, epoch_key)
         total.block_until_ready()
-        times.append(time.perf_counter() - start)
-        elbo = -float(total) / (steps * batch)
+        return time.perf_counter() - start, -float(total) / (steps * batch)
+
+    if args.serve:
+        seconds, elbo = one_epoch()
+        print(json.dumps({"compile_s": round(seconds, 3), "train_size": n, "dropped_examples": n - steps * batch,
+                          "jax": jax.__version__, "numpyro": numpyro.__version__}), flush=True)
+        for _ in sys.stdin:
+            seconds, elbo = one_epoch()
+            print(json.dumps({"seconds": seconds, "train_elbo": round(elbo, 3)}), flush=True)
+        return
+
+    times, elbo = [], None
+    cpu_start = None
+    for e in range(args.epochs):
+        if e == 1:
+            cpu_start = time.process_time()
+        seconds, elbo = one_epoch()
+        times.append(seconds)
         print(f"epoch {e + 1}: {times[-1]:.2f} s{' (with compilation)' if e == 0 else ''}, train ELBO {elbo:.2f}")
     # CPU seconds per wall second over the timed epochs: about 1 when XLA keeps to one thread.
     print(f"CPU/wall over the timed epochs: {(time.process_time() - cpu_start) / sum(times[1:]):.2f}")
