@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from torch.fx.experimental.proxy_tensor import make_fx
 from torch.overrides import TorchFunctionMode
 
 import pyro_vae
@@ -206,6 +207,32 @@ def test_onednn_linear_is_nn_linear(shape, bias):
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-5, atol=1e-4)
     for a, b in zip(ours.parameters(), ref.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.skipif(not pyro_vae.nets.ONEDNN, reason="this torch has no oneDNN linear")
+def test_onednn_backward_reads_the_transposes_in_place():
+    # oneDNN reads W^T, g^T and x^T as strided views: the backward copies nothing (it copied the
+    # 784 x 400 weight every step before; benchmark.md, fifth round)
+    layer = pyro_vae.nets.Linear(784, 400)
+    x = torch.randn(64, 784, requires_grad=True)
+
+    def step(x, w, b):
+        y = pyro_vae.nets.OneDnnLinear.apply(x, w, b)
+        return torch.autograd.grad((y * y).sum(), (x, w, b))
+
+    graph = make_fx(step)(x, layer.weight, layer.bias)
+    ops = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    products = [n for n in graph.graph.nodes if n.op == "call_function"
+                and n.target is torch.ops.mkldnn._linear_pointwise.default]
+    assert len(products) == 3  # the forward and both backward products
+    copies = [o for o in ops if o in (torch.ops.aten.clone.default, torch.ops.aten._to_copy.default,
+                                      torch.ops.aten.contiguous.default)]
+    assert copies == [], copies
+    grads = step(x, layer.weight, layer.bias)
+    ref = torch.autograd.grad((torch.nn.functional.linear(x, layer.weight, layer.bias) ** 2).sum(),
+                              (x, layer.weight, layer.bias))
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
 def test_small_products_and_other_dtypes_take_torchs_linear():
