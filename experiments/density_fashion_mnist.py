@@ -94,10 +94,11 @@ def write_figure(args):
     curves = {}
     for setup in SETUPS:
         runs = sorted(p for p in Path(args.out).glob(f"{setup}-seed*") if (p / "metrics.jsonl").exists())
-        history = [[m["val_elbo"] for m in pyro_vae.read_metrics(r)][COMMON["warmup_epochs"]:] for r in runs]
-        if any(history):
-            names = ', '.join(r.name.split('seed')[-1] for r in runs)
-            curves[f"{setup}: seed{'s' * (len(runs) > 1)} {names}"] = [h for h in history if h]
+        history = {r: [m["val_elbo"] for m in pyro_vae.read_metrics(r)][COMMON["warmup_epochs"]:] for r in runs}
+        shown = [r for r in runs if history[r]]  # a run still in its warm-up has no line yet
+        if shown:
+            names = ', '.join(r.name.split('seed')[-1] for r in shown)
+            curves[f"{setup}: seed{'s' * (len(shown) > 1)} {names}"] = [history[r] for r in shown]
     if curves:
         plots.curve_bands({"validation ELBO of the 10,000 held-out training images": curves},
                           RESULTS / f"{args.name}_curves.png",
