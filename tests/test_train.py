@@ -193,3 +193,40 @@ def test_a_file_where_the_runs_folder_goes_is_one_line(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "runs" in err and "is a file" in err
     assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def flushed():
+    """Whether this thread's CPU flushes a denormal result to zero now (1e-38 / 100 is one)."""
+    return (torch.tensor([1e-38]) / 100).item() == 0.0
+
+
+def test_training_flushes_denormals_and_puts_torchs_default_back(tiny_digits, make_model, monkeypatch):
+    from pyro_vae import Trainer
+    from pyro_vae.nets import flush_denormals
+    from pyro_vae.svi import Callback
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    seen = []
+
+    class Look(Callback):
+        def on_step_end(self, trainer, epoch, step, steps):
+            seen.append(flushed())
+
+    assert not flushed()
+    Trainer(make_model("vae", tiny_digits)).run(tiny_digits, 1, 16, [Look()])
+    assert seen and all(seen) and not flushed()  # on in every step, off again after
+    with flush_denormals():  # blocks nest: the inner one's end leaves the outer's setting on
+        with flush_denormals():
+            assert flushed()
+        assert flushed()
+    assert not flushed()
+    try:  # an exception inside the run turns it off too
+        Trainer(make_model("vae", tiny_digits)).run(tiny_digits, 1, 16, [type("Boom", (Callback,), {
+            "on_step_end": lambda self, *a: 1 / 0})()])
+    except ZeroDivisionError:
+        pass
+    assert not flushed()
+    seen.clear()
+    monkeypatch.setenv("PYRO_VAE_FLUSH_DENORMALS", "0")  # the way out: torch's setting left alone
+    Trainer(make_model("vae", tiny_digits)).run(tiny_digits, 1, 16, [Look()])
+    assert seen and not any(seen)
