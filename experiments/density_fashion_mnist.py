@@ -18,7 +18,9 @@ the best epoch's weights evaluated; the VampPrior with 500 pseudo-inputs, starte
 `pyro_vae.train` under --out (SETUP-seedS); an interrupted sweep resumes its runs where they
 stopped (a run that stopped early is not trained on), and a run already scored is skipped. Rows go
 to experiments/results/density_fashion_mnist.jsonl as they finish; the table is written to
-density_fashion_mnist_table.md.
+density_fashion_mnist_table.md, each finished run's validation curve to
+density_fashion_mnist_curves.jsonl (the figure reads it: run directories stay on the machine that
+made them).
 """
 
 import argparse
@@ -81,24 +83,40 @@ def main():
             append_row(log, {"setup": setup, "prior": SETUPS[setup]["prior"], "seed": seed, "test_log_likelihood": result["test_log_likelihood"],
                              "test_elbo": result["test_elbo"], "best_epoch": result["checkpoint_epoch"],
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
+                             "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
                              "eval_minutes": (time.perf_counter() - start) / 60, "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
+            # the curve beside the row: run directories do not outlive the machine, the figure must
+            append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
+                       show=False)
     if read_rows(log):
         write_table(args, log)
     write_figure(args)
 
 
+def curves_file(args):
+    return RESULTS / f"{args.name}_curves.jsonl"
+
+
 def write_figure(args):
-    """The validation ELBO of every run under --out after the warm-up, finished or not: one line
-    per run, coloured by setup, its best epoch dotted."""
+    """The validation ELBO of every run after the warm-up, finished or not: one line per run,
+    coloured by setup, its best epoch dotted. A finished run's curve is read from the results
+    folder (kept with its row), a running one's from its directory under --out."""
+    kept = {(r["setup"], r["seed"]): r["val_elbo"] for r in read_rows(curves_file(args))}
+    scored = {(setup_of(r), r["seed"]) for r in read_rows(RESULTS / f"{args.name}.jsonl")}
+    for run in sorted(Path(args.out).glob("*-seed*")):
+        setup, seed = run.name.rsplit("-seed", 1)
+        if (run / "metrics.jsonl").exists() and (setup, int(seed)) not in kept:
+            kept[setup, int(seed)] = [m["val_elbo"] for m in pyro_vae.read_metrics(run)]
+            if (setup, int(seed)) in scored:  # finished before its curve was kept with its row: kept now
+                append_row(curves_file(args), {"setup": setup, "seed": int(seed), "val_elbo": kept[setup, int(seed)]},
+                           show=False)
     curves = {}
     for setup in SETUPS:
-        runs = sorted(p for p in Path(args.out).glob(f"{setup}-seed*") if (p / "metrics.jsonl").exists())
-        history = {r: [m["val_elbo"] for m in pyro_vae.read_metrics(r)][COMMON["warmup_epochs"]:] for r in runs}
-        shown = [r for r in runs if history[r]]  # a run still in its warm-up has no line yet
-        if shown:
-            names = ', '.join(r.name.split('seed')[-1] for r in shown)
-            curves[f"{setup}: seed{'s' * (len(shown) > 1)} {names}"] = [history[r] for r in shown]
+        shown = sorted(seed for (s, seed), c in kept.items() if s == setup and len(c) > COMMON["warmup_epochs"])
+        if shown:  # a run still in its warm-up has no line yet
+            curves[f"{setup}: seed{'s' * (len(shown) > 1)} {', '.join(map(str, shown))}"] = [
+                kept[setup, seed][COMMON["warmup_epochs"]:] for seed in shown]
     if curves:
         plots.curve_bands({"validation ELBO of the 10,000 held-out training images": curves},
                           RESULTS / f"{args.name}_curves.png",
@@ -107,10 +125,13 @@ def write_figure(args):
                           "validation ELBO (nats)", start=COMMON["warmup_epochs"] + 1, each=True)
 
 
-def median_epoch_seconds(args, setup, seed):
-    """A run's median epoch in seconds, read off its metrics.jsonl under --out ("?" where it is not
-    there): hours of training sum the epochs' seconds, which count any time the process was paused."""
-    run = Path(args.out) / f"{setup}-seed{seed}"
+def median_epoch_seconds(args, row):
+    """A run's median epoch in seconds: from its row, else read off its metrics.jsonl under --out
+    ("?" where neither has it). Hours of training sum the epochs' seconds, which count any time the
+    process was paused."""
+    if "median_epoch_seconds" in row:
+        return f"{row['median_epoch_seconds']:.1f}"
+    run = Path(args.out) / f"{row.get('setup', row['prior'])}-seed{row['seed']}"
     seconds = [m["seconds"] for m in pyro_vae.read_metrics(run)] if (run / "metrics.jsonl").exists() else []
     return f"{statistics.median(seconds):.1f}" if seconds else "?"
 
@@ -132,7 +153,7 @@ def write_table(args, log):
                      f"{f' +- {its_spread:.2f}' if its_spread else ''} {what} | "
                      f"{', '.join(str(r['best_epoch']) for r in group)} | {', '.join(str(r['epochs']) for r in group)} | "
                      f"{', '.join(format(r['train_hours'], '.1f') for r in group)} | "
-                     f"{', '.join(median_epoch_seconds(args, setup, r['seed']) for r in group)} |")
+                     f"{', '.join(median_epoch_seconds(args, r) for r in group)} |")
     lines += ["", f"Raw rows: [{log.name}]({log.name})", ""]
     (RESULTS / f"{args.name}_table.md").write_text("\n".join(lines))
 

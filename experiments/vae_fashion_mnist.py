@@ -31,11 +31,12 @@ def read_rows(log):
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def append_row(log, row):
+def append_row(log, row, show=True):
     """Append one finished run's row to a results .jsonl file as it comes (an interrupted sweep keeps it), and show it."""
     with log.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    if show:
+        print(json.dumps(row), flush=True)
 
 
 def machine():
