@@ -29,10 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import pyro_vae
 from pyro_vae import plots
 from pyro_vae.runs import t_interval
-from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
+from vae_fashion_mnist import RESULTS, append_row, cpu_name, machine, read_rows  # noqa: E402 (same folder)
 
 COMMON = dict(  # every setup: the published training
     dataset="fashion-mnist", net="gated", hidden=[300, 300], z_dim=40, lr=5e-4, batch_size=100,
@@ -84,6 +86,7 @@ def main():
                              "test_elbo": result["test_elbo"], "best_epoch": result["checkpoint_epoch"],
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
                              "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
+                             "cpu": f"{cpu_name()}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}",
                              "eval_minutes": (time.perf_counter() - start) / 60, "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
             # the curve beside the row: run directories do not outlive the machine, the figure must
@@ -139,9 +142,10 @@ def median_epoch_seconds(args, row):
 def write_table(args, log):
     rows = read_rows(log)
     command = " ".join(["python experiments/density_fashion_mnist.py"] + [a for a in sys.argv[1:] if a != "--report"])
-    lines = [f"Command (from `experiments/`): `{command}`  ", f"Machine: {machine()}", "",
+    lines = [f"Command (from `experiments/`): `{command}`  ", f"Table written on: {machine()}  ",
+             "Each run's own CPU and threads are in the last column (runs of one sweep can land on different machines)", "",
              f"| setup | seeds | test log-likelihood (K = {rows[0]['iw_samples']}) | literature | best epochs | epochs trained | "
-             "hours of training per seed | median seconds per epoch |", "|---|---|---|---|---|---|---|---|"]
+             "hours of training per seed | median seconds per epoch | CPU per seed |", "|---|---|---|---|---|---|---|---|---|"]
     for setup in SETUPS:
         group = [r for r in rows if setup_of(r) == setup]
         if not group:
@@ -153,7 +157,8 @@ def write_table(args, log):
                      f"{f' +- {its_spread:.2f}' if its_spread else ''} {what} | "
                      f"{', '.join(str(r['best_epoch']) for r in group)} | {', '.join(str(r['epochs']) for r in group)} | "
                      f"{', '.join(format(r['train_hours'], '.1f') for r in group)} | "
-                     f"{', '.join(median_epoch_seconds(args, r) for r in group)} |")
+                     f"{', '.join(median_epoch_seconds(args, r) for r in group)} | "
+                     f"{'; '.join(r.get('cpu', '?') for r in group)} |")
     lines += ["", f"Raw rows: [{log.name}]({log.name})", ""]
     (RESULTS / f"{args.name}_table.md").write_text("\n".join(lines))
 

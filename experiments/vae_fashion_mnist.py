@@ -39,12 +39,17 @@ def append_row(log, row, show=True):
         print(json.dumps(row), flush=True)
 
 
-def machine():
+def cpu_name():
+    """The processor's name as lscpu gives it."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+        return next(line.split(":", 1)[1].strip() for line in subprocess.run(
             ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+
+
+def machine():
+    cpu = cpu_name()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     load = os.getloadavg()[1]  # other work on the machine slows the timings; say how much there was
     return (f"{device} ({cpu}), torch {torch.__version__} with {counted(torch.get_num_threads(), 'thread')}, "
