@@ -33,6 +33,7 @@ import torch
 
 import pyro_vae
 from pyro_vae import plots
+from pyro_vae.errors import counted
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, cpu_name, machine, read_rows  # noqa: E402 (same folder)
 
@@ -86,7 +87,7 @@ def main():
                              "test_elbo": result["test_elbo"], "best_epoch": result["checkpoint_epoch"],
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
                              "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
-                             "cpu": f"{cpu_name()}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}",
+                             "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
                              "eval_minutes": (time.perf_counter() - start) / 60, "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
             # the curve beside the row: run directories do not outlive the machine, the figure must
@@ -109,11 +110,11 @@ def write_figure(args):
     scored = {(setup_of(r), r["seed"]) for r in read_rows(RESULTS / f"{args.name}.jsonl")}
     for run in sorted(Path(args.out).glob("*-seed*")):
         setup, seed = run.name.rsplit("-seed", 1)
-        if (run / "metrics.jsonl").exists() and (setup, int(seed)) not in kept:
-            kept[setup, int(seed)] = [m["val_elbo"] for m in pyro_vae.read_metrics(run)]
-            if (setup, int(seed)) in scored:  # finished before its curve was kept with its row: kept now
-                append_row(curves_file(args), {"setup": setup, "seed": int(seed), "val_elbo": kept[setup, int(seed)]},
-                           show=False)
+        key = (setup, int(seed))
+        if (run / "metrics.jsonl").exists() and key not in kept:
+            kept[key] = [m["val_elbo"] for m in pyro_vae.read_metrics(run)]
+            if key in scored:  # finished before its curve was kept with its row: kept now
+                append_row(curves_file(args), {"setup": setup, "seed": key[1], "val_elbo": kept[key]}, show=False)
     curves = {}
     for setup in SETUPS:
         shown = sorted(seed for (s, seed), c in kept.items() if s == setup and len(c) > COMMON["warmup_epochs"])
@@ -134,7 +135,7 @@ def median_epoch_seconds(args, row):
     process was paused."""
     if "median_epoch_seconds" in row:
         return f"{row['median_epoch_seconds']:.1f}"
-    run = Path(args.out) / f"{row.get('setup', row['prior'])}-seed{row['seed']}"
+    run = Path(args.out) / f"{setup_of(row)}-seed{row['seed']}"
     seconds = [m["seconds"] for m in pyro_vae.read_metrics(run)] if (run / "metrics.jsonl").exists() else []
     return f"{statistics.median(seconds):.1f}" if seconds else "?"
 
