@@ -40,27 +40,58 @@ ONEDNN_MIN_MACS = 1 << 21  # rows x in x out below which torch's call costs less
 _flushing = [0]  # how many flush_denormals() blocks are open (they nest)
 
 
+def _openmp():
+    """torch's own OpenMP runtime (libgomp, shipped beside libtorch on Linux), or None (another
+    threading library, another platform)."""
+    import ctypes
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+    try:
+        gomp = ctypes.CDLL(path) if os.path.exists(path) else None
+    except OSError:
+        return None
+    return gomp if gomp is not None and hasattr(gomp, "GOMP_parallel") else None
+
+
+def set_flush_denormal_all_threads(on):
+    """torch.set_flush_denormal(on) on this thread and on every thread of torch's OpenMP pool.
+
+    The flag is a bit of each thread's own MXCSR register: torch.set_flush_denormal sets the
+    calling thread's alone, and the pool's threads (which run the other halves of the products and
+    elementwise loops on 2 threads) keep theirs, so denormals went on costing there. Each pool
+    thread is asked to set its own, in one parallel region of the pool's size; a thread started
+    later copies its flag from the thread that starts it (POSIX). Returns whether the CPU can
+    flush (False on one that cannot, where nothing is done)."""
+    import ctypes
+    can = torch.set_flush_denormal(on)
+    gomp = _openmp() if can and torch.get_num_threads() > 1 else None
+    if gomp is not None:
+        body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on))
+        gomp.GOMP_parallel.argtypes = [type(body), ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        gomp.GOMP_parallel(body, None, torch.get_num_threads(), 0)  # releases the GIL: each thread takes it to run body
+    return can
+
+
 @contextmanager
 def flush_denormals():
-    """Within it, float results below 2^-126 (denormals) are flushed to zero on this thread's CPU,
-    as XLA does by default; torch's default (off) is set again when the outermost block ends.
-    Arithmetic on denormals is slow on x86: the VampPrior's mixture writes them by the thousand
-    (the weights of its far components, exp of large negative numbers, and their gradients), which
-    made its first epochs 3x slower (experiments/denormals.py; the standard prior's, and evaluation,
-    measure the same both ways). Trainer.run trains inside it; PYRO_VAE_FLUSH_DENORMALS=0 leaves
-    torch's setting alone."""
+    """Within it, float results below 2^-126 (denormals) are flushed to zero by the CPU, on this
+    thread and on torch's OpenMP threads, as XLA does by default; torch's default (off) is set
+    again when the outermost block ends. Arithmetic on denormals is slow on x86: the VampPrior's
+    mixture writes them by the thousand (the weights of its far components, exp of large negative
+    numbers, and their gradients), which made its first epochs 3x slower
+    (experiments/denormals.py; the standard prior's, and evaluation, measure the same both ways).
+    Trainer.run trains inside it; PYRO_VAE_FLUSH_DENORMALS=0 leaves torch's setting alone."""
     if os.environ.get("PYRO_VAE_FLUSH_DENORMALS", "1") == "0":
         yield
         return
     if _flushing[0] == 0:
-        torch.set_flush_denormal(True)  # False (and nothing done) where the CPU cannot
+        set_flush_denormal_all_threads(True)  # False (and nothing done) where the CPU cannot
     _flushing[0] += 1
     try:
         yield
     finally:
         _flushing[0] -= 1
         if _flushing[0] == 0:
-            torch.set_flush_denormal(False)
+            set_flush_denormal_all_threads(False)
 
 
 PLAIN_PRODUCT = ("none", [], "")  # _linear_pointwise's post-op arguments: no activation fused in

@@ -196,16 +196,24 @@ def test_a_file_where_the_runs_folder_goes_is_one_line(tmp_path, monkeypatch, ca
 
 
 def flushed():
-    """Whether this thread's CPU flushes a denormal result to zero now (1e-38 / 100 is one)."""
-    return (torch.tensor([1e-38]) / 100).item() == 0.0
+    """Whether the CPU flushes a denormal result to zero now (1e-30 / 1e10 is one; the inputs are
+    normal numbers, so nothing is flushed before the division), on this thread and on torch's other
+    threads: a division of 4M numbers is split between them (with 2 threads, one unflushed thread
+    leaves half of the results nonzero)."""
+    zero = torch.full((1 << 22,), 1e-30) / 1e10 == 0
+    assert zero.all() or not zero.any(), f"{zero.float().mean():.2f} of the results flushed: some threads only"
+    return bool(zero.all())
 
 
-def test_training_flushes_denormals_and_puts_torchs_default_back(tiny_digits, make_model, monkeypatch):
+def test_training_flushes_denormals_and_puts_torchs_default_back(tiny_digits, make_model, monkeypatch, request):
     from pyro_vae import Trainer
     from pyro_vae.nets import flush_denormals
     from pyro_vae.svi import Callback
     if not torch.set_flush_denormal(False):
         pytest.skip("this CPU cannot flush denormals")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the flag is each thread's own: the pool's threads must be set too
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     seen = []
 
     class Look(Callback):
