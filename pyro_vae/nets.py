@@ -17,6 +17,8 @@ calls it with its own input and output sizes, so `--net conv` changes every netw
 model without a line of model code.
 """
 
+import ctypes
+import functools
 import math
 import os
 from contextlib import contextmanager
@@ -40,16 +42,22 @@ ONEDNN_MIN_MACS = 1 << 21  # rows x in x out below which torch's call costs less
 _flushing = [0]  # how many flush_denormals() blocks are open (they nest)
 
 
+_GOMP_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # void fn(void *): a parallel region's body
+
+
+@functools.lru_cache(maxsize=None)
 def _openmp():
     """torch's own OpenMP runtime (libgomp, shipped beside libtorch on Linux), or None (another
-    threading library, another platform)."""
-    import ctypes
+    threading library, another platform); looked up once."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
     try:
         gomp = ctypes.CDLL(path) if os.path.exists(path) else None
     except OSError:
         return None
-    return gomp if gomp is not None and hasattr(gomp, "GOMP_parallel") else None
+    if gomp is None or not hasattr(gomp, "GOMP_parallel"):
+        return None
+    gomp.GOMP_parallel.argtypes = [_GOMP_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    return gomp
 
 
 def set_flush_denormal_all_threads(on):
@@ -61,12 +69,10 @@ def set_flush_denormal_all_threads(on):
     thread is asked to set its own, in one parallel region of the pool's size; a thread started
     later copies its flag from the thread that starts it (POSIX). Returns whether the CPU can
     flush (False on one that cannot, where nothing is done)."""
-    import ctypes
     can = torch.set_flush_denormal(on)
     gomp = _openmp() if can and torch.get_num_threads() > 1 else None
     if gomp is not None:
-        body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on))
-        gomp.GOMP_parallel.argtypes = [type(body), ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        body = _GOMP_BODY(lambda _: torch.set_flush_denormal(on))
         gomp.GOMP_parallel(body, None, torch.get_num_threads(), 0)  # releases the GIL: each thread takes it to run body
     return can
 
