@@ -84,11 +84,11 @@ def main():
                 continue
             run = Path(args.out) / f"{setup}-seed{seed}"
             if (run / "config.json").exists():
-                if not args.epochs or len(pyro_vae.read_metrics(run)) < args.epochs:  # a run at the cap is scored as it is
+                if args.epochs is None or len(pyro_vae.read_metrics(run)) < args.epochs:  # a run at the cap is scored as it is
                     pyro_vae.train(resume=run, progress=False, epochs=args.epochs)  # to its cap, unless it stopped early
             else:
                 pyro_vae.train(out=run, progress=False, **{**COMMON, "dataset": args.dataset, "val_size": args.val_size},
-                               **SETUPS[setup], epochs=args.epochs or 2000, seed=seed)
+                               **SETUPS[setup], epochs=2000 if args.epochs is None else args.epochs, seed=seed)
             start = time.perf_counter()
             result = pyro_vae.evaluate_run(run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
             metrics = pyro_vae.read_metrics(run)
