@@ -22,7 +22,8 @@ the best epoch's weights evaluated; the VampPrior with 500 pseudo-inputs, starte
 cap, and a run already at the cap is scored as it stands (a budget: a row's `epochs` and
 `best_epoch` say whether the cap or patience ended it). Each run is a run directory made by
 `pyro_vae.train` under --out (SETUP-seedS); an interrupted sweep resumes its runs where they
-stopped (a run that stopped early is not trained on), and a run already scored is skipped. Rows go
+stopped (a run that stopped early is not trained on), and a run already scored is skipped, unless
+its cap ended it and --epochs now asks for more: it trains on, and its new row replaces the old. Rows go
 to experiments/results/density_fashion_mnist.jsonl as they finish; the table is written to
 density_fashion_mnist_table.md, each finished run's validation curve to
 density_fashion_mnist_curves.jsonl (the figure reads it: run directories stay on the machine that
@@ -30,6 +31,8 @@ made them).
 """
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
@@ -48,7 +51,7 @@ COMMON = dict(  # every setup: the published training
     warmup_epochs=100, patience=50, val_size=10000)
 VAMP = dict(prior="vamp", part_args={"prior": {"pseudo_inputs": 500, "pixels": "hardtanh"}})  # as published
 SETUPS = {"normal": dict(prior="normal"), "vamp": VAMP,
-          "vamp-iaf": dict(VAMP, guide="iaf"),  # about the VampPrior's cost per epoch: fits a 3-hour session
+          "vamp-iaf": dict(VAMP, guide="iaf"),  # about the VampPrior's cost per epoch
           "best": dict(VAMP, guide="iaf", elbo="iwae", particles=5, compile="inductor")}  # 12% faster steps (benchmark.md, run M)
 # nats: (published, its spread, what it is); the VampPrior's spread is not given; `best` is measured against it
 PUBLISHED = {"normal": (-228.70, 0.15, "published"), "vamp": (-227.35, None, "published")}
@@ -56,7 +59,7 @@ PUBLISHED.update(dict.fromkeys(("vamp-iaf", "best"), (PUBLISHED["vamp"][0], None
 
 
 def setup_of(row):
-    return row.get("setup", row["prior"])  # rows before the `best` setup name the prior only
+    return row["setup"] if "setup" in row else row["prior"]  # rows before the `best` setup name the prior only
 
 
 def main():
@@ -75,14 +78,14 @@ def main():
     args = p.parse_args()
 
     log = RESULTS / f"{args.name}.jsonl"
-    done = {(setup_of(r), r["seed"]) for r in read_rows(log)}
+    scored = {(setup_of(r), r["seed"]): r for r in read_rows(log)}
     for setup in [] if args.report else args.setups.split(","):
         if setup not in SETUPS:
             sys.exit(f"density_fashion_mnist.py: unknown setup {setup!r}; choose from {', '.join(SETUPS)}")
         for seed in range(args.first_seed, args.seeds):
-            if (setup, seed) in done:
-                continue
             run = Path(args.out) / f"{setup}-seed{seed}"
+            if (setup, seed) in scored and not trains_on(args, scored[setup, seed], run):
+                continue
             if (run / "config.json").exists():
                 if args.epochs is None or len(pyro_vae.read_metrics(run)) < args.epochs:  # a run at the cap is scored as it is
                     pyro_vae.train(resume=run, progress=False, epochs=args.epochs)  # to its cap, unless it stopped early
@@ -90,14 +93,18 @@ def main():
                 pyro_vae.train(out=run, progress=False, **{**COMMON, "dataset": args.dataset, "val_size": args.val_size},
                                **SETUPS[setup], epochs=2000 if args.epochs is None else args.epochs, seed=seed)
             start = time.perf_counter()
-            result = pyro_vae.evaluate_run(run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
+            result = earlier_score(run, args.iw_samples) or pyro_vae.evaluate_run(
+                run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
             metrics = pyro_vae.read_metrics(run)
+            drop_rows(log, setup, seed)  # a capped run trained on: its new row replaces the old
+            drop_rows(curves_file(args), setup, seed)
             append_row(log, {"setup": setup, "prior": SETUPS[setup]["prior"], "seed": seed, "test_log_likelihood": result["test_log_likelihood"],
                              "test_elbo": result["test_elbo"], "best_epoch": result["checkpoint_epoch"],
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
                              "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
                              "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
-                             "eval_minutes": (time.perf_counter() - start) / 60, "iw_samples": args.iw_samples,
+                             "eval_minutes": result["seconds"] / 60 if "seconds" in result else (time.perf_counter() - start) / 60,
+                             "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
             # the curve beside the row: run directories do not outlive the machine, the figure must
             append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
@@ -105,6 +112,37 @@ def main():
     if read_rows(log):
         write_table(args, log)
     write_figure(args)
+
+
+def trains_on(args, row, run):
+    """Whether a scored run is trained further: it was ended by its cap (not by patience), its
+    directory is here, and --epochs now asks for more epochs than it has."""
+    return (ended_by(row) == "cap" and args.epochs is not None and args.epochs > row["epochs"]
+            and (run / "config.json").exists())
+
+
+def earlier_score(run, iw_samples):
+    """The run's eval.json where it already scores what this script would (best.pt at the run's best
+    epoch, K = iw_samples, the whole test split), else None: a sweep stopped after scoring a run and
+    before writing its row (a crash, a signal) does not score it again."""
+    try:
+        result = json.loads((run / "eval.json").read_text())
+        test_size = json.loads((run / "data.json").read_text())["examples"]["test"]
+    except (OSError, ValueError, KeyError):
+        return None
+    best = max(pyro_vae.read_metrics(run), key=lambda m: m["val_elbo"])["epoch"]
+    same = (result.get("checkpoint"), result.get("checkpoint_epoch"), result.get("iw_samples"), result.get("examples"))
+    return result if same == ("best.pt", best, iw_samples, test_size) else None
+
+
+def drop_rows(path, setup, seed):
+    """Rewrite a results .jsonl file without the rows of one run (a new file moved into place)."""
+    rows = read_rows(path)
+    kept = [r for r in rows if (setup_of(r), r["seed"]) != (setup, seed)]
+    if len(kept) < len(rows):
+        part = path.with_name(path.name + ".part")
+        part.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(part, path)
 
 
 def curves_file(args):
