@@ -35,7 +35,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -92,10 +91,9 @@ def main():
             else:
                 pyro_vae.train(out=run, progress=False, **{**COMMON, "dataset": args.dataset, "val_size": args.val_size},
                                **SETUPS[setup], epochs=2000 if args.epochs is None else args.epochs, seed=seed)
-            start = time.perf_counter()
-            result = earlier_score(run, args.iw_samples) or pyro_vae.evaluate_run(
-                run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
             metrics = pyro_vae.read_metrics(run)
+            result = earlier_score(run, metrics, args.iw_samples) or pyro_vae.evaluate_run(
+                run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
             drop_rows(log, setup, seed)  # a capped run trained on: its new row replaces the old
             drop_rows(curves_file(args), setup, seed)
             append_row(log, {"setup": setup, "prior": SETUPS[setup]["prior"], "seed": seed, "test_log_likelihood": result["test_log_likelihood"],
@@ -103,8 +101,7 @@ def main():
                              "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
                              "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
                              "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
-                             "eval_minutes": result["seconds"] / 60 if "seconds" in result else (time.perf_counter() - start) / 60,
-                             "iw_samples": args.iw_samples,
+                             "eval_minutes": result["seconds"] / 60, "iw_samples": args.iw_samples,
                              "active_units": result["active_units"]})
             # the curve beside the row: run directories do not outlive the machine, the figure must
             append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
@@ -121,7 +118,7 @@ def trains_on(args, row, run):
             and (run / "config.json").exists())
 
 
-def earlier_score(run, iw_samples):
+def earlier_score(run, metrics, iw_samples):
     """The run's eval.json where it already scores what this script would (best.pt at the run's best
     epoch, K = iw_samples, the whole test split), else None: a sweep stopped after scoring a run and
     before writing its row (a crash, a signal) does not score it again."""
@@ -130,7 +127,7 @@ def earlier_score(run, iw_samples):
         test_size = json.loads((run / "data.json").read_text())["examples"]["test"]
     except (OSError, ValueError, KeyError):
         return None
-    best = max(pyro_vae.read_metrics(run), key=lambda m: m["val_elbo"])["epoch"]
+    best = max(metrics, key=lambda m: m["val_elbo"])["epoch"]  # the first of equals, as training keeps best.pt
     same = (result.get("checkpoint"), result.get("checkpoint_epoch"), result.get("iw_samples"), result.get("examples"))
     return result if same == ("best.pt", best, iw_samples, test_size) else None
 
