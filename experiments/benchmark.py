@@ -8,8 +8,8 @@ networks, its epochs interleaved with ours.
 with the Adam such a loop makes, `torch.optim.Adam(params, lr)`; `handF` is the same loop with fit's
 Adam (`pyro_vae.svi.adam`: fused), so ours/handF is the cost of the PPL alone, optimizer aside;
 `handT` is the loop as a user writes it with torch alone: torch's Adam and torch's own matrix products
-(`nets.Linear`'s oneDNN path switched off for its epochs), so ours/handT is what moving from such a
-loop to fit gains or costs. All
+(`nets.Linear`'s choices of oneDNN switched off for its epochs), so ours/handT is what moving from
+such a loop to fit gains or costs. All
 see the same binarized Fashion-MNIST and the same batches; the epochs alternate (one epoch of fit,
 then one of each other loop, from a fit callback) so all see the same machine load. A third
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
@@ -170,11 +170,8 @@ def run_setting(args, name, batch_size):
             ref_times.append(seconds)
             ref_elbos.append(elbo)
             fused_times.append(hand_written_epoch(fused, fused_opt, data, batch_size)[0])
-            onednn, pyro_vae.nets.ONEDNN = pyro_vae.nets.ONEDNN, False
-            try:
+            with pyro_vae.nets.choosing_products("torch"):
                 torch_times.append(hand_written_epoch(plain_torch, plain_torch_opt, data, batch_size)[0])
-            finally:
-                pyro_vae.nets.ONEDNN = onednn
             if cuda:
                 peaks["hand"] = max(peaks["hand"], torch.cuda.max_memory_allocated())
             pyro.clear_param_store()  # the eager copy registers its modules under ours' names

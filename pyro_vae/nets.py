@@ -21,20 +21,26 @@ import ctypes
 import functools
 import math
 import os
+import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 from torch.nn import functional as F
 
 from .errors import BadValue, UserError
 
-# Large float32 products on the CPU run in oneDNN where torch has it: torch's own CPU matmul is
-# MKL's, which on AMD processors takes a path about half as fast (experiments/results/benchmark.md,
-# "The CPU's matrix products"). PYRO_VAE_ONEDNN=0 keeps torch's.
-ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+# Large float32 products on the CPU run in whichever of torch's own matmul (MKL in the official
+# wheels) and oneDNN is faster for their shape on this processor, timed the first time a shape is
+# seen (see `Linear`): on AMD processors MKL takes a path about half as fast as oneDNN's; on some
+# Intel ones MKL is the faster at batch 256 and oneDNN at 64 (experiments/results/benchmark.md,
+# "The CPU's matrix products"). PYRO_VAE_ONEDNN=0 keeps torch's, =1 takes oneDNN's for every large
+# product (as this package did before it timed them).
+ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "auto") != "0" and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 ONEDNN_MIN_MACS = 1 << 21  # rows x in x out below which torch's call costs less than oneDNN's
 
@@ -108,17 +114,135 @@ def _dnn(x, w, b=None):
     return torch.ops.mkldnn._linear_pointwise(x, w, b, *PLAIN_PRODUCT)
 
 
-class OneDnnLinear(torch.autograd.Function):
-    """y = x W^T + b with the forward and both backward products in oneDNN (the same arithmetic
-    as F.linear up to float rounding: the sums run in another order)."""
+PRODUCTS = ("forward", "grad_x", "grad_w")  # x W^T (+ b), g W and g^T x: a layer's three products
+
+
+class ProductChoices:
+    """Which library runs each of a layer's three products (True: oneDNN, False: torch's own),
+    per shape: rows rounded up to a power of two, in and out features. A shape's product is timed
+    both ways the first time it runs (a few milliseconds, on inputs of its own: no random number
+    of a run is drawn) and the faster kept, oneDNN only where it is at least 5% faster.
+
+    The choice decides how float sums are ordered, so a run's checkpoint records the choices made
+    so far (`state`) and a resumed run takes them back (`load`): it goes on bit for bit as if it
+    had never stopped. A checkpoint written before choices were timed has none: oneDNN ran every
+    large product then, and `load(None)` says so. `mode` is "auto" (timed), "onednn" or "torch"
+    for every product not yet chosen; PYRO_VAE_ONEDNN=1 and =0 set the last two."""
+
+    def __init__(self, mode):
+        self.mode, self.chosen = mode, {}
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def key(rows, in_dim, out_dim):
+        return (1 << max(rows - 1, 0).bit_length(), in_dim, out_dim)
+
+    def __call__(self, key, product):
+        """Whether `product` (an index into PRODUCTS) of the shape `key` runs in oneDNN."""
+        choice = self.chosen.setdefault(key, [None, None, None])
+        if choice[product] is None:
+            choice[product] = (self.mode == "onednn" if self.mode != "auto" or torch.compiler.is_compiling()
+                               else onednn_is_faster(key, product))
+        return choice[product]
+
+    def state(self):
+        """The choices made, as plain data: [[rows, in, out, forward, grad_x, grad_w], ...] (None where not made)."""
+        return [[*k, *v] for k, v in sorted(self.chosen.items())]
+
+    def summary(self):
+        """One line on the choices made ("" where none was): how many products run in each library."""
+        made = [c for v in self.chosen.values() for c in v if c is not None]
+        if not made:
+            return ""
+        how = {"auto": "each the faster for its shape here, timed once", "onednn": "oneDNN for every one",
+               "torch": "torch's for every one"}[self.mode]
+        return (f"{sum(made)} of {len(made)} large CPU products in oneDNN, {len(made) - sum(made)} in torch's "
+                f"matmul ({how}; the checkpoint records them)")
+
+    def load(self, state):
+        """Take back the choices `state()` returned (None: a run from before choices were timed,
+        which ran every large product in oneDNN); a damaged state is a UserError."""
+        if state is None:
+            self.mode = "onednn" if ONEDNN else "torch"
+            return
+        ok = isinstance(state, list) and all(
+            isinstance(e, list) and len(e) == 6 and all(type(n) is int and n > 0 for n in e[:3])
+            and all(c is None or type(c) is bool for c in e[3:]) for e in state)
+        if not ok:
+            raise UserError("the recorded product choices must be [[rows, in, out, forward, grad_x, grad_w], ...] "
+                            "with whole sizes and true, false or null choices")
+        for e in state:
+            self.chosen[tuple(e[:3])] = list(e[3:])
+
+
+def onednn_is_faster(key, product, rounds=6, budget=0.25):
+    """Time `product` of the shape `key` in torch and in oneDNN, alternately, on inputs made here
+    (from a generator of its own, outside any tracing); True where oneDNN's fastest round is at
+    least 5% below torch's. The first round warms both up and is not counted; past `budget`
+    seconds (a product of thousands of rows) two counted rounds are enough."""
+    rows, in_dim, out_dim = key
+    with torch.no_grad(), disable_proxy_modes_tracing():
+        gen = torch.Generator().manual_seed(0)
+        x, w = torch.rand(rows, in_dim, generator=gen), torch.rand(out_dim, in_dim, generator=gen)
+        g, b = torch.rand(rows, out_dim, generator=gen), torch.rand(out_dim, generator=gen)
+        pair = [(lambda: F.linear(x, w, b), lambda: _dnn(x, w, b)),
+                (lambda: g @ w, lambda: _dnn(g, w.t())),
+                (lambda: g.t() @ x, lambda: _dnn(g.t(), x.t()))][product]
+        best, began = [math.inf, math.inf], time.perf_counter()
+        for r in range(rounds + 1):
+            for i, f in enumerate(pair):
+                start = time.perf_counter()
+                f()
+                if r:
+                    best[i] = min(best[i], time.perf_counter() - start)
+            if r >= 2 and time.perf_counter() - began > budget:
+                break
+    return best[1] < 0.95 * best[0]
+
+
+def _mode_asked():
+    """PYRO_VAE_ONEDNN's mode; another value is said in one line and taken as auto."""
+    value = os.environ.get("PYRO_VAE_ONEDNN", "auto")
+    modes = {"0": "torch", "1": "onednn", "auto": "auto"}
+    if value not in modes:
+        print(f"pyro-vae: PYRO_VAE_ONEDNN is 0, 1 or auto, not {value[:40]!r}: taking auto", file=sys.stderr)
+    return modes.get(value, "auto")
+
+
+def new_choices(mode=None):
+    """A fresh ProductChoices: `mode`, or PYRO_VAE_ONEDNN's (auto by default); torch's where this
+    torch has no oneDNN products."""
+    return ProductChoices((mode or _MODE) if ONEDNN else "torch")
+
+
+_MODE = _mode_asked()
+_choosing = [new_choices()]  # the choices in force last: the process's own at the bottom
+
+
+@contextmanager
+def choosing_products(choices):
+    """Within it, layers take their products' choices from `choices` (a ProductChoices, or a mode
+    for a fresh one): a Trainer trains within its own, which its checkpoints record; the
+    benchmark's torch-only loop runs within "torch"."""
+    _choosing.append(new_choices(choices) if isinstance(choices, str) else choices)
+    try:
+        yield _choosing[-1]
+    finally:
+        _choosing.pop()
+
+
+class OneDnnLinear(torch.autograd.Function):
+    """y = x W^T + b with each of its three products in oneDNN or torch, as `use` says (three
+    booleans, in PRODUCTS' order; default all oneDNN): the same arithmetic as F.linear up to
+    float rounding (the sums run in another order)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, use=(True, True, True)):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         weight = weight.contiguous()
         ctx.save_for_backward(rows, weight)
-        ctx.has_bias, ctx.x_shape = bias is not None, x.shape
-        return _dnn(rows, weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+        ctx.has_bias, ctx.x_shape, ctx.use = bias is not None, x.shape, use
+        y = _dnn(rows, weight, bias) if use[0] else F.linear(rows, weight, bias)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -128,25 +252,33 @@ class OneDnnLinear(torch.autograd.Function):
         # oneDNN reads a transposed (strided) operand as it lies: no copy of W^T (0.33 -> 0.18 ms
         # for 64 x 784 by 784 x 400 on this CPU, the same bits), nor of g^T and x^T
         if ctx.needs_input_grad[0]:
-            grad_x = _dnn(g, weight.t()).reshape(ctx.x_shape)  # g W, as x W^T with W^T for W
+            grad_x = (_dnn(g, weight.t()) if ctx.use[1] else g @ weight).reshape(ctx.x_shape)  # g W
         if ctx.needs_input_grad[1]:
-            grad_w = _dnn(g.t(), rows.t())
+            grad_w = _dnn(g.t(), rows.t()) if ctx.use[2] else g.t() @ rows
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 class Linear(nn.Linear):
     """nn.Linear (the same parameters, the same state dict) whose large float32 products on the
-    CPU run in oneDNN (see ONEDNN); anything else is F.linear."""
+    CPU each run in torch or oneDNN, whichever is faster for the shape here (see ProductChoices);
+    anything else is F.linear."""
 
     def forward(self, x):
         w = self.weight
-        if (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and x.dim() >= 1
+        if not (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and x.dim() >= 1
                 and x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
-            return OneDnnLinear.apply(x, w, self.bias)
-        return F.linear(x, w, self.bias)
+            return F.linear(x, w, self.bias)
+        choose = _choosing[-1]
+        key = choose.key(x.numel() // x.shape[-1], w.shape[1], w.shape[0])
+        grads = torch.is_grad_enabled()
+        use = (choose(key, 0), grads and x.requires_grad and choose(key, 1),
+               grads and w.requires_grad and choose(key, 2))
+        if not any(use):
+            return F.linear(x, w, self.bias)
+        return OneDnnLinear.apply(x, w, self.bias, use)
 
 
 def opaque_onednn_products(graph):

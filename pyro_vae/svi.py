@@ -34,7 +34,7 @@ from .data import BINARIZATIONS, batch_count, batches, batches_apart
 from .errors import BadValue, Diverged, UserError, one_of, positive_int
 from .estimators import elbo_per_example
 from .models import model_inputs
-from .nets import flush_denormals
+from .nets import choosing_products, flush_denormals, new_choices
 from .objectives import ScaleLatents, make_elbo
 
 
@@ -113,8 +113,9 @@ class Trainer:
     `binarization` names how training batches of pixels are drawn (data.BINARIZATIONS; "bernoulli"
     only to continue runs made before the faster "uniform" draw).
 
-    `epoch` (epochs done) and `history` (one metrics dict per epoch) are the state a checkpoint
-    keeps with `model` and `optimizer`; set them, and load the optimizer's state, to continue."""
+    `epoch` (epochs done), `history` (one metrics dict per epoch) and `products` (which library
+    runs each large CPU product: nets.ProductChoices) are the state a checkpoint keeps with `model`
+    and `optimizer`; set them, and load the optimizer's state, to continue."""
 
     def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None,
                  compile="auto", labelled_batches="mixed", binarization="uniform"):
@@ -149,6 +150,10 @@ class Trainer:
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
         self.epoch_loss = None
         self.batch_size = None
+        # which library runs each large CPU product, timed on first use (nets.ProductChoices): the
+        # run's own, so a checkpoint records them and a resumed run orders its sums as before. Under
+        # torchrun every process must order them alike without asking the others: oneDNN for all.
+        self.products = new_choices("onednn" if distributed.world_size() > 1 else None)
 
     def choose_capture(self, compile):
         """(a CapturedStep or None, a line saying which step runs and why). "auto" (the default) and
@@ -194,7 +199,7 @@ class Trainer:
         the fixed binarization), both in nats per example, and `seconds` (training time of the
         epoch). A NaN or infinite loss raises `Diverged` at the end of its epoch. Under torchrun each
         process takes its shard of every batch (distributed.py). Denormal floats are flushed to zero
-        while it runs (nets.flush_denormals)."""
+        while it runs (nets.flush_denormals), and large CPU products run as `self.products` chooses."""
         positive_int("batch_size", batch_size)
         x_train, y_train = data.splits["train"]
         n = len(x_train)
@@ -212,7 +217,8 @@ class Trainer:
             c.on_train_start(self, epochs, steps)
         try:
             self.stop_reason = None
-            with flush_denormals():  # the VampPrior's first epochs ran 3x slower on denormals (nets.py)
+            # denormals: the VampPrior's first epochs ran 3x slower on them (nets.py)
+            with flush_denormals(), choosing_products(self.products):
                 while self.epoch < epochs and self.stop_reason is None:
                     metrics = self._epoch(data, inputs, steps, callbacks)
                     self.epoch += 1

@@ -26,7 +26,7 @@ from ..data import load_dataset
 from ..errors import UserError, finite
 from ..files import atomic_write, is_temporary, write_error, write_json, write_reason
 from ..models import build_model
-from ..nets import widths
+from ..nets import ProductChoices, widths
 from .config import ARCHITECTURE, IN_RUN, NET_ROLES, Config, resolve_device
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint/1"
@@ -204,8 +204,10 @@ def set_rng_state(state):
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-def save_checkpoint(run_dir, model, optimizer, epoch, config, history=(), name="checkpoint.pt"):
-    """Write RUN_DIR/checkpoint.pt (or `name`: best.pt) atomically: the state after `epoch` complete epochs."""
+def save_checkpoint(run_dir, model, optimizer, epoch, config, history=(), name="checkpoint.pt", products=()):
+    """Write RUN_DIR/checkpoint.pt (or `name`: best.pt) atomically: the state after `epoch`
+    complete epochs. `products` is the trainer's `products.state()`: which library ran each large
+    CPU product, so a resumed run orders its sums as before."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "config": json.dumps(config.to_dict()),
@@ -214,11 +216,13 @@ def save_checkpoint(run_dir, model, optimizer, epoch, config, history=(), name="
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "history": json.dumps(list(history)),
+        "products": json.dumps(list(products)),
     }
     atomic_write(Path(run_dir) / name, lambda f: torch.save(state, f))
 
 
-CHECKPOINT_KEYS = {"format", "config", "epoch", "model", "optimizer", "rng", "history"}
+CHECKPOINT_KEYS = {"format", "config", "epoch", "model", "optimizer", "rng", "history", "products"}
+OPTIONAL_KEYS = {"products"}  # checkpoints written before products were timed have none
 
 
 def load_checkpoint(path, model=None, config=None):
@@ -247,7 +251,7 @@ def load_checkpoint(path, model=None, config=None):
     extra = sorted(map(str, set(state) - CHECKPOINT_KEYS))
     if extra:
         raise UserError(f"{path}: refused: unexpected entries {', '.join(extra)[:100]}")
-    missing = sorted(CHECKPOINT_KEYS - set(state))
+    missing = sorted(CHECKPOINT_KEYS - OPTIONAL_KEYS - set(state))
     if missing:
         raise UserError(f"{path}: incomplete checkpoint: no {', '.join(missing)}")
     held = sum(t.numel() * t.element_size() for t in tensors_in(state, path))  # also refuses a deep nesting
@@ -332,6 +336,23 @@ def check_checkpoint(state, model, config, path):
             raise UserError(f"{path}: {name} holds NaN or infinite weights")
     if not isinstance(state["optimizer"], dict) or not isinstance(state["rng"], dict):
         raise UserError(f"{path}: optimizer and rng must be dictionaries")
+    products_in(state, path)
+
+
+def products_in(state, path):
+    """The checkpoint's product choices as plain data (None in one written before they were
+    timed), checked: a UserError naming the file where they are damaged."""
+    if "products" not in state:
+        return None
+    try:
+        products = json.loads(state["products"]) if isinstance(state["products"], str) else None
+        if not isinstance(products, list):
+            raise ValueError
+        ProductChoices("auto").load(products)  # checks them
+    except (ValueError, RecursionError, UserError):
+        raise UserError(f"{path}: products must be a JSON list of [rows, in, out, forward, grad_x, grad_w] "
+                        f"choices (true, false or null)") from None
+    return products
 
 
 def restore(trainer, state, config, path):
@@ -347,6 +368,7 @@ def restore(trainer, state, config, path):
     trainer.set_lr(config.current("lr"))  # the saved state carries the rate it was saved with
     trainer.history = json.loads(state["history"])
     trainer.epoch = state["epoch"]
+    trainer.products.load(products_in(state, path))
     try:
         set_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError) as e:

@@ -122,7 +122,7 @@ class Checkpoints(Callback):
             try:
                 write_metrics(self.run_dir, trainer.history)
                 save_checkpoint(self.run_dir, trainer.model, trainer.optimizer, trainer.epoch, self.config,
-                                trainer.history)
+                                trainer.history, products=trainer.products.state())
             except OSError as e:
                 raise UserError(f"cannot write the checkpoint in {self.run_dir}: {e}") from None
         if self.stop.asked():
@@ -235,7 +235,7 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                 "about": "indices into the training split (after the seeded validation split and --train-size)"})
         write_metrics(target, trainer.history)  # drops epochs logged after the checkpoint was written
         if not state:
-            save_checkpoint(target, model, trainer.optimizer, 0, config)
+            save_checkpoint(target, model, trainer.optimizer, 0, config, products=trainer.products.state())
         return target
 
     run_dir = Path(on_rank0(open_run_dir))
@@ -284,6 +284,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                   flush=True)
         elif progress and config.compile == "auto" and "could not be captured" in trainer.capture_note:
             print(f"pyro-vae: {trainer.capture_note}", flush=True)  # "on" said so on stderr when it happened
+        if progress and trainer.products.summary():
+            print(f"pyro-vae: {trainer.products.summary()}", flush=True)
         if progress and trainer.stop_reason:
             print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:
@@ -341,7 +343,7 @@ class ModelSelection(Callback):
         best_epoch, _, bad, scale = self.replay(trainer.history)
         if best_epoch == metrics["epoch"] and self.config.patience and distributed.rank() == 0:
             save_checkpoint(self.run_dir, trainer.model, trainer.optimizer, trainer.epoch, self.config,
-                            trainer.history, name="best.pt")
+                            trainer.history, name="best.pt", products=trainer.products.state())
         if self.schedule:
             trainer.set_lr(self.config.current("lr") * scale)
         waited = min(bad, trainer.epoch - self.since)
