@@ -131,6 +131,7 @@ class ProductChoices:
 
     def __init__(self, mode):
         self.mode, self.chosen = mode, {}
+        self.seconds = 0.0  # spent timing, for the run log
 
     @staticmethod
     def key(rows, in_dim, out_dim):
@@ -140,8 +141,10 @@ class ProductChoices:
         """Whether `product` (an index into PRODUCTS) of the shape `key` runs in oneDNN."""
         choice = self.chosen.setdefault(key, [None, None, None])
         if choice[product] is None:
+            start = time.perf_counter()
             choice[product] = (self.mode == "onednn" if self.mode != "auto" or torch.compiler.is_compiling()
                                else onednn_is_faster(key, product))
+            self.seconds += time.perf_counter() - start
         return choice[product]
 
     def state(self):
@@ -153,7 +156,8 @@ class ProductChoices:
         made = [c for v in self.chosen.values() for c in v if c is not None]
         if not made:
             return ""
-        how = {"auto": "each the faster for its shape here, timed once", "onednn": "oneDNN for every one",
+        how = {"auto": f"each the faster for its shape here, timed once: {self.seconds:.1f} s",
+               "onednn": "oneDNN for every one",
                "torch": "torch's for every one"}[self.mode]
         return (f"{sum(made)} of {len(made)} large CPU products in oneDNN, {len(made) - sum(made)} in torch's "
                 f"matmul ({how}; the checkpoint records them)")
