@@ -37,8 +37,8 @@ from .errors import BadValue, UserError
 # Large float32 products on the CPU run in whichever of torch's own matmul (MKL in the official
 # wheels) and oneDNN is faster for their shape on this processor, timed the first time a shape is
 # seen (see `Linear`): on AMD processors MKL takes a path about half as fast as oneDNN's; on some
-# Intel ones MKL is the faster at batch 256 and oneDNN at 64 (experiments/results/benchmark.md,
-# "The CPU's matrix products"). PYRO_VAE_ONEDNN=0 keeps torch's, =1 takes oneDNN's for every large
+# Intel ones MKL is the faster (experiments/results/benchmark.md, "The CPU's matrix products" and
+# the eighth round). PYRO_VAE_ONEDNN=0 keeps torch's, =1 takes oneDNN's for every large
 # product (as this package did before it timed them).
 ONEDNN = (os.environ.get("PYRO_VAE_ONEDNN", "auto") != "0" and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
@@ -139,7 +139,9 @@ class ProductChoices:
 
     def __call__(self, key, product):
         """Whether `product` (an index into PRODUCTS) of the shape `key` runs in oneDNN."""
-        choice = self.chosen.setdefault(key, [None, None, None])
+        choice = self.chosen.get(key)
+        if choice is None:  # (not setdefault: a layer asks on every call, and this allocates once per shape)
+            choice = self.chosen[key] = [None, None, None]
         if choice[product] is None:
             start = time.perf_counter()
             choice[product] = (self.mode == "onednn" if self.mode != "auto" or torch.compiler.is_compiling()
@@ -271,12 +273,13 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         w = self.weight
-        if not (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and x.dim() >= 1
-                and x.numel() // max(x.shape[-1], 1) * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
+        rows = x.numel() // max(x.shape[-1], 1) if x.dim() >= 1 else 0
+        if not (ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
+                and rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_MACS
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
             return F.linear(x, w, self.bias)
         choose = _choosing[-1]
-        key = choose.key(x.numel() // x.shape[-1], w.shape[1], w.shape[0])
+        key = choose.key(rows, w.shape[1], w.shape[0])
         grads = torch.is_grad_enabled()
         use = (choose(key, 0), grads and x.requires_grad and choose(key, 1),
                grads and w.requires_grad and choose(key, 2))

@@ -284,8 +284,9 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                   flush=True)
         elif progress and config.compile == "auto" and "could not be captured" in trainer.capture_note:
             print(f"pyro-vae: {trainer.capture_note}", flush=True)  # "on" said so on stderr when it happened
-        if progress and trainer.products.summary():
-            print(f"pyro-vae: {trainer.products.summary()}", flush=True)
+        products = trainer.products.summary()
+        if progress and products:
+            print(f"pyro-vae: {products}", flush=True)
         if progress and trainer.stop_reason:
             print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:
