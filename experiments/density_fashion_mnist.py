@@ -27,10 +27,13 @@ its cap ended it and --epochs now asks for more: it trains on, and its new row r
 to experiments/results/density_fashion_mnist.jsonl as they finish; the table is written to
 density_fashion_mnist_table.md, each finished run's validation curve to
 density_fashion_mnist_curves.jsonl (the figure reads it: run directories stay on the machine that
-made them).
+made them). Sweeps on different seeds may run side by side (--first-seed): each rewrites those
+files under a lock in --out, so neither drops the other's row.
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
@@ -94,21 +97,39 @@ def main():
             metrics = pyro_vae.read_metrics(run)
             result = earlier_score(run, metrics, args.iw_samples) or pyro_vae.evaluate_run(
                 run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
-            drop_rows(log, setup, seed)  # a capped run trained on: its new row replaces the old
-            drop_rows(curves_file(args), setup, seed)
-            append_row(log, {"setup": setup, "prior": SETUPS[setup]["prior"], "seed": seed, "test_log_likelihood": result["test_log_likelihood"],
-                             "test_elbo": result["test_elbo"], "best_epoch": result["checkpoint_epoch"],
-                             "epochs": len(metrics), "train_hours": sum(m["seconds"] for m in metrics) / 3600,
-                             "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
-                             "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
-                             "eval_minutes": result["seconds"] / 60, "iw_samples": args.iw_samples,
-                             "active_units": result["active_units"]})
-            # the curve beside the row: run directories do not outlive the machine, the figure must
-            append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
-                       show=False)
-    if read_rows(log):
-        write_table(args, log)
-    write_figure(args)
+            with results_lock(args):  # a sweep beside this one (other seeds) writes the same files
+                write_rows(args, log, setup, seed, result, metrics)
+    with results_lock(args):
+        if read_rows(log):
+            write_table(args, log)
+        write_figure(args)
+
+
+def write_rows(args, log, setup, seed, result, metrics):
+    """A scored run's row and its validation curve, each replacing the run's earlier one."""
+    drop_rows(log, setup, seed)  # a capped run trained on: its new row replaces the old
+    drop_rows(curves_file(args), setup, seed)
+    append_row(log, {"setup": setup, "prior": SETUPS[setup]["prior"], "seed": seed,
+                     "test_log_likelihood": result["test_log_likelihood"], "test_elbo": result["test_elbo"],
+                     "best_epoch": result["checkpoint_epoch"], "epochs": len(metrics),
+                     "train_hours": sum(m["seconds"] for m in metrics) / 3600,
+                     "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
+                     "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
+                     "eval_minutes": result["seconds"] / 60, "iw_samples": args.iw_samples,
+                     "active_units": result["active_units"]})
+    # the curve beside the row: run directories do not outlive the machine, the figure must
+    append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
+               show=False)
+
+
+@contextlib.contextmanager
+def results_lock(args):
+    """Held while this process rewrites the results files: two sweeps may run side by side on
+    other seeds (--first-seed), and a row rewritten by one must not drop the other's."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(args.out) / ".results.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # waits for the other; the lock goes with the file's closing
+        yield
 
 
 def trains_on(args, row, run):
