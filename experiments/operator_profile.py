@@ -2,7 +2,7 @@
 binarized Fashion-MNIST, one epoch of warm-up (the step captured, each product's library chosen),
 then epochs under torch.profiler, one torch thread.
 
-    OMP_NUM_THREADS=1 python experiments/step_profile.py [--batch 64] [--train-size 12800] [--epochs 1]
+    OMP_NUM_THREADS=1 python experiments/operator_profile.py [--batch 64] [--train-size 12800] [--epochs 1]
 
 It prints each operator's share of the profiled time and its milliseconds per step.
 """
