@@ -8,7 +8,11 @@ graph whose inputs are the parameters and the batch, and then replays that graph
 
 - the same operations in the same order as the eager step, so the same value and gradient for the
   same random numbers (the draws are operations of the graph: fresh noise every step);
-- no Python from Pyro per step; the optimizer step stays PyTorch's own.
+- no Python from Pyro per step; the optimizer step stays PyTorch's own;
+- little Python of the graph's own: operators nothing reads (make_fx keeps a few) are dropped,
+  and each remaining operator is called as torch's C function, without the Python wrapper that
+  `torch.ops.aten.*` calls go through and without flattening the inputs on every call (`lean`):
+  7-12% off the replay of the default VAE's graph at batch 64 (experiments/results/benchmark.md).
 
 Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dependent Python)
 it says why and the eager step is used. A tensor the loss reads that is neither a parameter nor an
@@ -20,12 +24,14 @@ its elementwise work; oneDNN's products, which Inductor cannot lower as nets.Lin
 become one opaque custom op first (`nets.opaque_onednn_products`).
 """
 
+import functools
 import sys
 import time
 
 import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.graph import CodeGen
 from torch.nn.utils.stateless import _reparametrize_module
 
 from .nets import opaque_onednn_products
@@ -67,13 +73,15 @@ class CapturedStep:
                 # the first shape captured is the training batch; another (an epoch's shorter last
                 # batch, stepped once an epoch) replays its graph uncompiled: seconds to save microseconds
                 graph = self.compile(graph, args)
+            else:
+                graph = lean(graph)
             self.graphs[k] = graph
             self.seconds += time.perf_counter() - start
         with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
-            loss, grads = graph(self.params, *args)
-        for p, g in zip(self.params, grads):
+            out = graph(*self.params, *args)  # [loss, *gradients]
+        for p, g in zip(self.params, out[1:]):
             p.grad = g
-        return loss
+        return out[0]
 
     def compile(self, graph, args):
         """The captured graph compiled by Inductor (fused kernels), drawing its random numbers with
@@ -87,7 +95,7 @@ class CapturedStep:
         try:
             # compiling runs the graph once (undo its draws), without autograd, as every step runs it
             with torch.random.fork_rng(devices=[]), torch.no_grad():
-                compiled(self.params, *args)
+                compiled(*self.params, *args)
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"pyro-vae: Inductor could not compile the captured step ({type(e).__name__}: {first[:120]}); "
@@ -97,10 +105,15 @@ class CapturedStep:
         return compiled
 
     def capture(self, args):
-        def step(params, *args):
+        """The graph of `step(*parameters, *args) -> [loss, *gradients]`, operators nothing reads
+        dropped (random draws are kept: they advance the generator as the eager step does)."""
+        n = len(self.params)
+
+        def step(*flat):
+            params = flat[:n]
             with _reparametrize_module(self.module, dict(zip(self.names, params))):
-                loss = self.loss_fn(*args)
-            return loss, torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+                loss = self.loss_fn(*flat[n:])
+            return [loss, *torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)]
 
         inputs = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
         validate = torch.distributions.Distribution._validate_args
@@ -108,10 +121,28 @@ class CapturedStep:
         try:
             cuda = [a.device.index or 0 for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
             with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda):  # tracing's draws are undone
-                return make_fx(step)(inputs, *args)
+                graph = make_fx(step)(*inputs, *args)
         except Exception as e:  # anything make_fx cannot record: the eager step stands
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
+        graph.graph.eliminate_dead_code()
+        if all(torch.is_tensor(a) for a in args):  # one placeholder per argument, in order: no pytree on each call
+            graph.graph._codegen = CodeGen()
+        graph.recompile()
+        return graph
+
+
+def lean(graph):
+    """`graph` with each ATen operator called as torch's C function (`OpOverload._op`, wrapped in
+    a C-level `functools.partial` that torch.fx can name) instead of through `OpOverload.__call__`'s
+    Python frame: the same operators with the same arguments in the same order, so the same bits."""
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            call = functools.partial(node.target._op)
+            call.__name__, call.__module__ = str(node.target).replace(".", "_"), "torch_c"
+            node.target = call
+    graph.recompile()
+    return graph
 

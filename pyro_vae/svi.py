@@ -100,6 +100,40 @@ def adam(params, lr):
     return torch.optim.Adam(params, lr=lr)
 
 
+def adam_step(optimizer):
+    """`optimizer.step()`. For the fused Adam that `adam` builds, once every parameter has its state
+    and a gradient, torch's fused kernel is called here directly: the same kernel on the same tensors
+    with the group's own hyper-parameters, so the same bits, without the 0.1-0.2 ms of Python that
+    `Optimizer.step` spends around it on every step (1-2% of a batch-64 VAE step on a CPU). Anything
+    else (another optimizer, hooks, AMSGrad, a parameter without a gradient) takes `optimizer.step()`."""
+    groups = optimizer.param_groups
+    group = groups[0]
+    if (len(groups) != 1 or not group.get("fused") or group["amsgrad"] or group["maximize"]
+            or group["capturable"] or group["differentiable"] or group.get("decoupled_weight_decay")
+            or not isinstance(group["lr"], float) or optimizer._optimizer_step_pre_hooks
+            or optimizer._optimizer_step_post_hooks or _global_optimizer_hooks()):
+        return optimizer.step()
+    params = group["params"]
+    states = [optimizer.state.get(p) for p in params]
+    grads = [p.grad for p in params]
+    first = params[0]
+    if (any(not s for s in states) or any(g is None for g in grads)  # the first step creates the state
+            or any(p.dtype != first.dtype or p.device != first.device for p in params)):
+        return optimizer.step()
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                       steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                       grad_scale=None, found_inf=None)
+
+
+def _global_optimizer_hooks():
+    from torch.optim import optimizer as module  # torch's own registry of hooks on every optimizer
+    return getattr(module, "_global_optimizer_pre_hooks", None) or getattr(module, "_global_optimizer_post_hooks", None)
+
+
 class Trainer:
     """SVI on one model: the objective (an ELBO from `pyro.infer`, `trace` by default), Adam at
     `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
@@ -303,7 +337,7 @@ class Trainer:
         finite = torch.isfinite(loss)
         if self.clip_grad:
             finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad))
-        self.optimizer.step()
+        adam_step(self.optimizer)
         return loss.detach(), finite
 
     @torch.no_grad()

@@ -84,6 +84,34 @@ def test_a_captured_step_draws_fresh_noise_and_matches_the_eager_gradient(digits
     assert step(x).item() != captured  # the next step draws again
 
 
+def test_the_lean_graph_drops_dead_operators_but_keeps_every_draw(digits):
+    """The replayed graph calls torch's C functions and has no operator nothing reads, yet a draw
+    nothing reads stays: the generator must advance as the eager step advances it."""
+    torch.manual_seed(0)
+    model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+    elbo = pyro_vae.make_elbo("trace")
+    x = torch.bernoulli(digits.splits["train"][0][:20])
+
+    def loss_fn(x):
+        torch.rand(7)  # a draw whose value nothing reads
+        x.sum() * 3  # an operator whose value nothing reads
+        return elbo.differentiable_loss(model.model, model.guide, x)
+
+    loss_fn(x)
+    step = CapturedStep(model, loss_fn)
+    step(x)
+    torch.manual_seed(5)
+    captured = step(x).item()
+    after_captured = torch.rand(3)
+    graph = next(iter(step.graphs.values()))
+    torch.manual_seed(5)
+    assert loss_fn(x).item() == captured
+    assert torch.equal(torch.rand(3), after_captured)
+    assert "torch.ops." not in graph.code and "tree_flatten" not in graph.code
+    unread = [n.target.__name__ for n in graph.graph.nodes if n.op == "call_function" and not n.users]
+    assert unread == ["aten_rand_default"]  # the draw only: the product and sum are gone
+
+
 def test_what_cannot_be_captured_runs_eagerly_and_says_why(small_digits, capsys):
     torch.manual_seed(0)
     m2 = pyro_vae.build_model("m2", small_digits.x_dim, small_digits.n_classes, z_dim=3, hidden=16)

@@ -259,3 +259,50 @@ def test_fits_adam_is_fused_and_makes_torchs_default_update():
         ours.step()
         default.step()
     assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(params, copies))
+
+
+def test_adam_step_is_the_optimizers_own_step_bit_for_bit():
+    """svi.adam_step calls the fused kernel itself after the first step: the same parameters and
+    state as Optimizer.step, through a learning-rate change, weight decay and a state_dict reload;
+    anything it does not handle (a hook, a parameter without a gradient) goes to Optimizer.step."""
+    if not pyro_vae.svi.adam([torch.nn.Parameter(torch.zeros(1))], 1e-3).defaults.get("fused"):
+        pytest.skip("this torch has no fused Adam on the CPU")
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(40, 30)), torch.nn.Parameter(torch.randn(30))]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ours, theirs = pyro_vae.svi.adam(params, 1e-3), pyro_vae.svi.adam(copies, 1e-3)
+    stepped = []  # Optimizer.step's calls through adam_step
+
+    def counting(optimizer):
+        step = optimizer.step
+        optimizer.step = lambda: stepped.append(1) or step()
+        return optimizer
+
+    ours = counting(ours)
+    for i in range(30):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, copies, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        if i == 10:
+            for o in (ours, theirs):
+                o.param_groups[0]["lr"], o.param_groups[0]["weight_decay"] = 3e-4, 0.01
+        if i == 20:  # a resumed run: a fresh optimizer given the saved state
+            state = ours.state_dict()
+            ours = counting(pyro_vae.svi.adam(params, 1.0))
+            ours.load_state_dict(state)
+        pyro_vae.svi.adam_step(ours)
+        theirs.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, copies)), i
+    assert stepped == [1]  # the very first step only: it creates the state
+    for a, b in zip(ours.state_dict()["state"].values(), theirs.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+    seen = []
+    ours.register_step_pre_hook(lambda *a: seen.append(1))  # a hook: Optimizer.step runs it
+    params[1].grad = None  # and a parameter without a gradient: left alone, as Optimizer.step does
+    copies[1].grad = None
+    params[0].grad = torch.ones_like(params[0])
+    copies[0].grad = torch.ones_like(copies[0])
+    pyro_vae.svi.adam_step(ours)
+    theirs.step()
+    assert seen == [1] and stepped == [1, 1] and all(torch.equal(p, q) for p, q in zip(params, copies))
