@@ -317,18 +317,19 @@ class Trainer:
 
     def _step(self, args, validate):
         """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""
-        self.optimizer.zero_grad(set_to_none=True)
         loss = None
         with pyro.validation_enabled(validate):
             if self.captured is not None and not validate:  # the first, checked step runs eagerly
                 try:
-                    loss = self.captured(*args)  # None: a shape's first step, which runs eagerly
+                    loss = self.captured(*args)  # sets every gradient; None: a shape's first step, which runs eagerly
                 except CaptureFailed as e:
                     self.captured = None
                     self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
                     if self.compile != "auto":  # asked for: said now (auto says it in the run log)
                         print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
                     return self._step(args, validate)
+            if loss is None:
+                self.optimizer.zero_grad(set_to_none=True)
             if loss is None and self.differentiable:
                 loss = self.loss_fn(*args)
                 distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
