@@ -8,11 +8,11 @@ graph whose inputs are the parameters and the batch, and then replays that graph
 
 - the same operations in the same order as the eager step, so the same value and gradient for the
   same random numbers (the draws are operations of the graph: fresh noise every step);
-- no Python from Pyro per step; the optimizer step stays PyTorch's own;
-- little Python of the graph's own: operators nothing reads (make_fx keeps a few) are dropped,
-  and each remaining operator is called as torch's C function, without the Python wrapper that
-  `torch.ops.aten.*` calls go through and without flattening the inputs on every call (`lean`):
-  7-12% off the replay of the default VAE's graph at batch 64 (experiments/results/benchmark.md).
+- no Python from Pyro per step; the optimizer step stays PyTorch's own (its fused Adam kernel);
+- little Python of the graph's own (`lean`): operators nothing reads (make_fx keeps a few) are
+  dropped, the inputs are not flattened by torch's pytree on every call, and each operator is
+  called as torch's C function without the Python frame of `torch.ops.aten.*`
+  (experiments/lean_step.py measures it; experiments/results/benchmark.md, tenth round).
 
 Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dependent Python)
 it says why and the eager step is used. A tensor the loss reads that is neither a parameter nor an
@@ -74,7 +74,7 @@ class CapturedStep:
                 # batch, stepped once an epoch) replays its graph uncompiled: seconds to save microseconds
                 graph = self.compile(graph, args)
             else:
-                graph = lean(graph)
+                graph = lean(graph, args)
             self.graphs[k] = graph
             self.seconds += time.perf_counter() - start
         with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
@@ -105,8 +105,7 @@ class CapturedStep:
         return compiled
 
     def capture(self, args):
-        """The graph of `step(*parameters, *args) -> [loss, *gradients]`, operators nothing reads
-        dropped (random draws are kept: they advance the generator as the eager step does)."""
+        """The graph of `step(*parameters, *args) -> [loss, *gradients]`."""
         n = len(self.params)
 
         def step(*flat):
@@ -121,23 +120,25 @@ class CapturedStep:
         try:
             cuda = [a.device.index or 0 for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
             with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda):  # tracing's draws are undone
-                graph = make_fx(step)(*inputs, *args)
+                return make_fx(step)(*inputs, *args)
         except Exception as e:  # anything make_fx cannot record: the eager step stands
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
-        graph.graph.eliminate_dead_code()
-        if all(torch.is_tensor(a) for a in args):  # one placeholder per argument, in order: no pytree on each call
-            graph.graph._codegen = CodeGen()
-        graph.recompile()
-        return graph
 
 
-def lean(graph):
-    """`graph` with each ATen operator called as torch's C function (`OpOverload._op`, wrapped in
-    a C-level `functools.partial` that torch.fx can name) instead of through `OpOverload.__call__`'s
-    Python frame: the same operators with the same arguments in the same order, so the same bits."""
+def lean(graph, args):
+    """`graph`, captured for `args`, replayed with less Python: the operators whose values nothing
+    reads dropped (a random draw is kept: it advances the generator as the eager step does); the
+    inputs taken as they come, one placeholder each, where every argument is a tensor, instead of
+    flattened by torch's pytree on every call; and each ATen operator called as torch's C function
+    (`OpOverload._op`, in a C-level `functools.partial` that torch.fx can name) instead of through
+    `OpOverload.__call__`'s Python frame. The same operators on the same values in the same order,
+    so the same bits."""
+    graph.graph.eliminate_dead_code()
+    if all(torch.is_tensor(a) for a in args):
+        graph.graph._codegen = CodeGen()
     for node in graph.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
             call = functools.partial(node.target._op)
