@@ -22,9 +22,10 @@ epochs after each round of the torch epochs, while they wait); --no-numpyro leav
     python experiments/benchmark.py            # full training split, 6 epochs per setting
     python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
 
-Prints a table (ratio: of the median epochs to hand's; min r: of the fastest epochs; ours/N: fit's
-median epoch over NumPyro's, and min: of their fastest), then one JSON line (ratio_b64, ratio_b256
-for vae, ours_numpyro_b64, ...; cvae2_ratio_b64, ...).
+Prints a table (ratio: of the median epochs to hand's; min r: of the fastest epochs; r 95%: the
+95% interval of the geometric mean of the epochs' own ratios, epoch by epoch, as they alternate;
+ours/N: fit's median epoch over NumPyro's, min: of their fastest, N 95%: the same interval), then
+one JSON line (ratio_b64, ratio_b256 for vae, ours_numpyro_b64, ...; cvae2_ratio_b64, ...).
 Peak memory: on CUDA torch's peak allocation during the timed epochs; on the CPU the growth of
 peak RSS (VmHWM, reset after loading the data) in a fresh process that runs 30 steps of one path (one process per path, so the two
 paths' allocations do not mix).
@@ -211,10 +212,13 @@ def run_setting(args, name, batch_size):
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
     ours_min = min(h["seconds"] for h in history[1:])
     min_ratio = ours_min / min(ref_times[1:])
+    ours_times = [h["seconds"] for h in history[1:]]
+    ratio_ci = paired_interval(ours_times, ref_times[1:])
+    numpyro_ci = paired_interval(ours_times, numpyro.times[1:]) if numpyro else (math.nan, math.nan)
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
             "eager_s": eager_s, "eager_ratio": eager_s / hand_s, "capture_s": history[0]["seconds"] - eager_times[0],
             "fused_s": fused_s, "fused_ratio": ours_s / fused_s, "torch_s": torch_s, "torch_ratio": ours_s / torch_s,
-            "min_ratio": min_ratio,
+            "min_ratio": min_ratio, "ratio_ci": ratio_ci, "ours_numpyro_ci": numpyro_ci,
             "plain_s": plain_s, "plain_ratio": plain_s / hand_s,
             "numpyro_s": numpyro_s, "numpyro_ratio": numpyro_s / hand_s, "numpyro_elbo": numpyro_elbo,
             "ours_numpyro": ours_s / numpyro_s,
@@ -223,6 +227,21 @@ def run_setting(args, name, batch_size):
             "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
             "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
             "steps_per_epoch": -(-len(data.splits["train"][0]) // batch_size)}
+
+
+T975 = [math.nan, 12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
+        2.12, 2.11, 2.10, 2.09, 2.09]  # Student's t, 97.5% quantile, by degrees of freedom
+
+
+def paired_interval(a, b):
+    """The 95% interval of the geometric mean of a[i] / b[i] (epochs run in turn, so each pair shares
+    the machine's moment), from Student's t on the logs: (low, high), NaN for fewer than 2 pairs."""
+    logs = [math.log(x / y) for x, y in zip(a, b)]
+    if len(logs) < 2:
+        return math.nan, math.nan
+    mean, half = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    half *= T975[len(logs) - 1] if len(logs) - 1 < len(T975) else 1.96
+    return math.exp(mean - half), math.exp(mean + half)
 
 
 def memory_probe(args, name, batch_size, path):
@@ -291,20 +310,22 @@ def main():
     print(f"ours: --compile {args.compile}; eager: --compile off")
     print(f"fashion-mnist binarized, 784-400-50 softplus, Adam {args.lr}, {args.epochs} epochs "
           f"(median of epochs 2..{args.epochs}), train_size {args.train_size or 'all'}")
-    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'eager s/ep':>10} "
+    header = (f"{'model':6} {'batch':>5} {'ours s/ep':>10} {'hand s/ep':>10} {'ratio':>6} {'min r':>6} {'r 95%':>11} {'eager s/ep':>10} "
               f"{'ratio':>6} {'capture s':>9} {'handF s/ep':>10} {'ours/F':>6} {'handT s/ep':>10} {'ours/T':>6} "
               f"{'plain s/ep':>10} {'ratio':>6} "
-              f"{'numpyro s/ep':>12} {'ratio':>6} {'ours/N':>6} {'min':>6} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
+              f"{'numpyro s/ep':>12} {'ratio':>6} {'ours/N':>6} {'min':>6} {'N 95%':>11} {'ours ELBO':>10} {'hand ELBO':>10} {'ours val':>9} {'hand val':>9} {'ours MB':>8} {'hand MB':>8}")
     print(header)
     summary = {}
     for name in args.models.split(","):
         for batch_size in map(int, args.batches.split(",")):
             r = run_setting(args, name, batch_size)
             print(f"{name:6} {batch_size:5d} {r['ours_s']:10.3f} {r['hand_s']:10.3f} {r['ratio']:6.3f} {r['min_ratio']:6.3f} "
+                  f"{r['ratio_ci'][0]:5.3f}-{r['ratio_ci'][1]:5.3f} "
                   f"{r['eager_s']:10.3f} {r['eager_ratio']:6.3f} {r['capture_s']:9.2f} "
                   f"{r['fused_s']:10.3f} {r['fused_ratio']:6.3f} {r['torch_s']:10.3f} {r['torch_ratio']:6.3f} "
                   f"{r['plain_s']:10.3f} {r['plain_ratio']:6.3f} {r['numpyro_s']:12.3f} {r['numpyro_ratio']:6.3f} "
                   f"{r['ours_numpyro']:6.3f} {r['min_ours_numpyro']:6.3f} "
+                  f"{r['ours_numpyro_ci'][0]:5.3f}-{r['ours_numpyro_ci'][1]:5.3f} "
                   f"{r['ours_elbo']:10.2f} {r['hand_elbo']:10.2f} {r['ours_val_elbo']:9.2f} {r['hand_val_elbo']:9.2f} "
                   f"{r['ours_peak_mb']:8.1f} {r['hand_peak_mb']:8.1f}", flush=True)
             prefix = "" if name == "vae" else f"{name}_"
@@ -312,6 +333,7 @@ def main():
             summary[f"{prefix}eager_ratio_b{batch_size}"] = round(r["eager_ratio"], 4)
             summary[f"{prefix}capture_s_b{batch_size}"] = round(r["capture_s"], 3)
             summary[f"{prefix}min_ratio_b{batch_size}"] = round(r["min_ratio"], 4)
+            summary[f"{prefix}ratio_ci_b{batch_size}"] = [round(x, 4) for x in r["ratio_ci"]]
             summary[f"{prefix}ours_s_b{batch_size}"] = round(r["ours_s"], 4)
             summary[f"{prefix}hand_s_b{batch_size}"] = round(r["hand_s"], 4)
             summary[f"{prefix}handF_ratio_b{batch_size}"] = round(r["fused_ratio"], 4)
@@ -324,6 +346,7 @@ def main():
                 summary[f"numpyro_elbo_b{batch_size}"] = r["numpyro_elbo"]
                 summary[f"ours_numpyro_b{batch_size}"] = round(r["ours_numpyro"], 4)
                 summary[f"min_ours_numpyro_b{batch_size}"] = round(r["min_ours_numpyro"], 4)
+                summary[f"ours_numpyro_ci_b{batch_size}"] = [round(x, 4) for x in r["ours_numpyro_ci"]]
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))
