@@ -210,9 +210,9 @@ def run_setting(args, name, batch_size):
     plain_s = statistics.median(plain_times[1:]) if args.plain else float("nan")
     numpyro_s, numpyro_elbo = (statistics.median(numpyro.times[1:]), numpyro.elbo) if numpyro else (math.nan, math.nan)
     # on a shared machine the fastest epoch is the least disturbed one: its ratio is a check on the median's
-    ours_min = min(h["seconds"] for h in history[1:])
-    min_ratio = ours_min / min(ref_times[1:])
     ours_times = [h["seconds"] for h in history[1:]]
+    ours_min = min(ours_times)
+    min_ratio = ours_min / min(ref_times[1:])
     ratio_ci = paired_interval(ours_times, ref_times[1:])
     numpyro_ci = paired_interval(ours_times, numpyro.times[1:]) if numpyro else (math.nan, math.nan)
     return {"model": name, "batch": batch_size, "ours_s": ours_s, "hand_s": hand_s, "ratio": ours_s / hand_s,
@@ -230,7 +230,15 @@ def run_setting(args, name, batch_size):
 
 
 T975 = [math.nan, 12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
-        2.12, 2.11, 2.10, 2.09, 2.09]  # Student's t, 97.5% quantile, by degrees of freedom
+        2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04]
+# Student's t, 97.5% quantile, by degrees of freedom; beyond 30, that of the next tabled df below
+T975_BEYOND = [(40, 2.04), (60, 2.02), (120, 2.00), (math.inf, 1.98)]
+
+
+def t975(df):
+    if df < len(T975):
+        return T975[df]
+    return next(t for limit, t in T975_BEYOND if df <= limit)
 
 
 def paired_interval(a, b):
@@ -240,7 +248,7 @@ def paired_interval(a, b):
     if len(logs) < 2:
         return math.nan, math.nan
     mean, half = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
-    half *= T975[len(logs) - 1] if len(logs) - 1 < len(T975) else 1.96
+    half *= t975(len(logs) - 1)
     return math.exp(mean - half), math.exp(mean + half)
 
 

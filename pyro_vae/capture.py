@@ -146,4 +146,3 @@ def lean(graph, args):
             node.target = call
     graph.recompile()
     return graph
-

@@ -26,6 +26,7 @@ import time
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
+from torch.optim import optimizer as torch_optimizer  # its registries of hooks on every optimizer (adam_step)
 from tqdm import tqdm
 
 from . import distributed
@@ -111,7 +112,8 @@ def adam_step(optimizer):
     if (len(groups) != 1 or not group.get("fused") or group["amsgrad"] or group["maximize"]
             or group["capturable"] or group["differentiable"] or group.get("decoupled_weight_decay")
             or not isinstance(group["lr"], float) or optimizer._optimizer_step_pre_hooks
-            or optimizer._optimizer_step_post_hooks or _global_optimizer_hooks()):
+            or optimizer._optimizer_step_post_hooks or getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
+            or getattr(torch_optimizer, "_global_optimizer_post_hooks", None)):
         return optimizer.step()
     params = group["params"]
     states = [optimizer.state.get(p) for p in params]
@@ -127,11 +129,6 @@ def adam_step(optimizer):
                        steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                        grad_scale=None, found_inf=None)
-
-
-def _global_optimizer_hooks():
-    from torch.optim import optimizer as module  # torch's own registry of hooks on every optimizer
-    return getattr(module, "_global_optimizer_pre_hooks", None) or getattr(module, "_global_optimizer_post_hooks", None)
 
 
 class Trainer:
@@ -328,13 +325,13 @@ class Trainer:
                     if self.compile != "auto":  # asked for: said now (auto says it in the run log)
                         print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
                     return self._step(args, validate)
-            if loss is None:
+            if loss is None:  # the eager step
                 self.optimizer.zero_grad(set_to_none=True)
-            if loss is None and self.differentiable:
-                loss = self.loss_fn(*args)
-                distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
-            elif loss is None:
-                loss = torch.tensor(self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *args))
+                if self.differentiable:
+                    loss = self.loss_fn(*args)
+                    distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
+                else:
+                    loss = torch.tensor(self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *args))
         finite = torch.isfinite(loss)
         if self.clip_grad:
             finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad))
