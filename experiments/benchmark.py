@@ -15,8 +15,8 @@ then one of each other loop, from a fit callback) so all see the same machine lo
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
-Where NumPyro is installed (`pip install -e '.[bench]'`), the vae rows add NumPyro's jitted epoch of the
-same networks (experiments/numpyro_vae.py, in its own process pinned to --threads CPUs, one of its
+Where NumPyro is installed (`pip install -e '.[bench]'`), the rows add NumPyro's jitted epoch of the
+same model and networks (vae and cvae2) (experiments/numpyro_vae.py, in its own process pinned to --threads CPUs, one of its
 epochs after each round of the torch epochs, while they wait); --no-numpyro leaves it out.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
@@ -54,6 +54,7 @@ from pyro_vae.data import batches, binarize
 from pyro_vae.nets import cat
 
 LOG_2PI = math.log(2 * math.pi)
+NUMPYRO_MODELS = ("vae", "cvae2")  # the models experiments/numpyro_vae.py writes in NumPyro
 
 
 def hand_written_loss(model, x, y=None):
@@ -103,14 +104,15 @@ def plain_svi_epoch(model, svi, data, batch_size):
 
 
 class NumPyroEpochs:
-    """NumPyro's jitted epoch of the vae (experiments/numpyro_vae.py --serve) in a process of its
+    """NumPyro's jitted epoch of the same model (experiments/numpyro_vae.py --serve) in a process of its
     own, pinned to --threads CPUs, compiled before the torch epochs start; `epoch()` runs one of its
     epochs while this process waits, so its epochs take turns with the torch loops' as theirs do
     with each other. Seconds are scaled to all n examples (its epoch drops the last partial batch)."""
 
-    def __init__(self, args, batch_size):
+    def __init__(self, args, name, batch_size):
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "numpyro_vae.py")
-        cmd = [sys.executable, script, "--serve", "--batch-size", str(batch_size), "--threads", str(args.threads)]
+        cmd = [sys.executable, script, "--serve", "--model", name, "--batch-size", str(batch_size),
+               "--threads", str(args.threads)]
         cmd += ["--train-size", str(args.train_size)] if args.train_size else []
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._answer()
@@ -160,7 +162,7 @@ def run_setting(args, name, batch_size):
     eager = copy.deepcopy(ref)  # fit's eager step (--compile off) on a third copy, epoch by epoch beside ours
     eager_trainer = pyro_vae.Trainer(eager, lr=args.lr, compile="off")
     eager_times = []
-    numpyro = NumPyroEpochs(args, batch_size) if args.numpyro and name == "vae" else None
+    numpyro = NumPyroEpochs(args, name, batch_size) if args.numpyro and name in NUMPYRO_MODELS else None
 
     class ReferenceEpoch(pyro_vae.Callback):
         def on_epoch_end(self, trainer, metrics):  # after each epoch of fit, one epoch of the reference loop
@@ -349,12 +351,12 @@ def main():
             if args.plain:
                 summary[f"{prefix}plain_ratio_b{batch_size}"] = round(r["plain_ratio"], 4)
             if not math.isnan(r["numpyro_s"]):
-                summary[f"numpyro_ratio_b{batch_size}"] = round(r["numpyro_ratio"], 4)
-                summary[f"numpyro_s_b{batch_size}"] = round(r["numpyro_s"], 4)
-                summary[f"numpyro_elbo_b{batch_size}"] = r["numpyro_elbo"]
-                summary[f"ours_numpyro_b{batch_size}"] = round(r["ours_numpyro"], 4)
-                summary[f"min_ours_numpyro_b{batch_size}"] = round(r["min_ours_numpyro"], 4)
-                summary[f"ours_numpyro_ci_b{batch_size}"] = [round(x, 4) for x in r["ours_numpyro_ci"]]
+                summary[f"{prefix}numpyro_ratio_b{batch_size}"] = round(r["numpyro_ratio"], 4)
+                summary[f"{prefix}numpyro_s_b{batch_size}"] = round(r["numpyro_s"], 4)
+                summary[f"{prefix}numpyro_elbo_b{batch_size}"] = r["numpyro_elbo"]
+                summary[f"{prefix}ours_numpyro_b{batch_size}"] = round(r["ours_numpyro"], 4)
+                summary[f"{prefix}min_ours_numpyro_b{batch_size}"] = round(r["min_ours_numpyro"], 4)
+                summary[f"{prefix}ours_numpyro_ci_b{batch_size}"] = [round(x, 4) for x in r["ours_numpyro_ci"]]
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))
