@@ -212,8 +212,9 @@ def ended_by(row):
 
 def write_table(args, log):
     rows = read_rows(log)
-    command = " ".join(["python experiments/density_fashion_mnist.py"] + [a for a in sys.argv[1:] if a != "--report"])
-    lines = [f"Command (from `experiments/`): `{command}`  ", f"Table written on: {machine()}  ",
+    command = " ".join(["python experiments/density_fashion_mnist.py"] + sys.argv[1:])
+    lines = [f"Last written by (from `experiments/`): `{command}`; the rows come from the commands "
+             f"that trained and scored them, each named in {args.name}.md  ", f"Table written on: {machine()}  ",
              "Each run's own CPU and threads are in the last column (runs of one sweep can land on different machines)", "",
              f"| setup | seeds | test log-likelihood (K = {rows[0]['iw_samples']}) | literature | best epochs | epochs trained (ended by) | "
              "hours of training per seed | median seconds per epoch | CPU per seed |", "|---|---|---|---|---|---|---|---|---|"]
