@@ -15,9 +15,10 @@ then one of each other loop, from a fit callback) so all see the same machine lo
 copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, validation on), to
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
-Where NumPyro is installed (`pip install -e '.[bench]'`), the rows add NumPyro's jitted epoch of the
-same model and networks (vae and cvae2) (experiments/numpyro_vae.py, in its own process pinned to --threads CPUs, one of its
-epochs after each round of the torch epochs, while they wait); --no-numpyro leaves it out.
+Where NumPyro is installed (`pip install -e '.[bench]'`), the vae and cvae2 rows add NumPyro's jitted
+epoch of the same model and networks (experiments/numpyro_vae.py, in its own process pinned to
+--threads CPUs, one of its epochs after each round of the torch epochs, while they wait);
+--no-numpyro leaves it out.
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
     python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
@@ -52,9 +53,9 @@ from torch.nn import functional as F
 import pyro_vae
 from pyro_vae.data import batches, binarize
 from pyro_vae.nets import cat
+from numpyro_vae import MODELS as NUMPYRO_MODELS  # experiments/numpyro_vae.py: the models it writes in NumPyro
 
 LOG_2PI = math.log(2 * math.pi)
-NUMPYRO_MODELS = ("vae", "cvae2")  # the models experiments/numpyro_vae.py writes in NumPyro
 
 
 def hand_written_loss(model, x, y=None):

@@ -27,10 +27,12 @@ import statistics
 import sys
 import time
 
+MODELS = ("vae", "cvae2")  # the models of experiments/benchmark.py written here in NumPyro
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=("vae", "cvae2"), default="vae")
+    p.add_argument("--model", choices=MODELS, default="vae")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=4, help="including the first (compiling) one")
     p.add_argument("--train-size", type=int, default=None, help="default: the whole training split")
