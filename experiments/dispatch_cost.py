@@ -21,6 +21,8 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--calls", type=int, default=20000)
     args = p.parse_args()
+    if args.rounds < 1 or args.calls < 1:
+        p.error("--rounds and --calls must be at least 1")
     a, b = torch.randn(64, 50), torch.randn(64, 50)
     op = torch.ops.aten.mul.Tensor
     kinds = {"OpOverload._op (the lean replay)": lambda: op._op(a, b),
