@@ -7,13 +7,18 @@ binarized once), mean and 95% t-interval, beside the published numbers.
     python experiments/density_fashion_mnist.py --setups best --seeds 1         # this package's best, to beat -227.35
     python experiments/density_fashion_mnist.py --setups vamp-iaf --seeds 1 --epochs 380   # a cheaper try, capped
     python experiments/density_fashion_mnist.py --setups vamp --seeds 3 --first-seed 2   # seed 2 alone, beside another process
+    python experiments/density_fashion_mnist.py --setups vamp-iaf-iwae --seeds 3   # vamp-iaf's runs trained on with IWAE
 
 The setups: `normal` and `vamp` are the two published models; `best` adds what this package has
 beyond them to the VampPrior model, in one stochastic layer: an IAF guide (2 flows) trained on the
 IWAE bound with 5 particles (early stopping still reads the validation ELBO). `vamp-iaf` is the
 VampPrior model with the IAF guide on the ELBO: an epoch costs about what the VampPrior's does,
 where `best` cost 1.7 times more on one 2-core Xeon (cpuinfo model 106, 2 threads: 27 s an epoch
-against 16 s; `best`'s with the old one-thread denormal flush).
+against 16 s; `best`'s with the old one-thread denormal flush). `vamp-iaf-iwae` starts from each
+`vamp-iaf` run's best weights (that seed's, once patience has stopped it) and trains on with the
+IWAE bound (5 particles), its patience and best epoch on the validation IWAE bound
+(`--select-on bound`), no warm-up, a fresh Adam: the bound is what the log-likelihood rewards, at
+a fraction of `best`'s hours.
 
 The setup: dynamic binarization, two gated dense layers of 300, z 40, Adam 5e-4, batch 100, a
 100-epoch linear KL warm-up, early stopping with patience 50 on a 10,000-image validation split,
@@ -54,10 +59,17 @@ COMMON = dict(  # every setup: the published training
 VAMP = dict(prior="vamp", part_args={"prior": {"pseudo_inputs": 500, "pixels": "hardtanh"}})  # as published
 SETUPS = {"normal": dict(prior="normal"), "vamp": VAMP,
           "vamp-iaf": dict(VAMP, guide="iaf"),  # about the VampPrior's cost per epoch
-          "best": dict(VAMP, guide="iaf", elbo="iwae", particles=5, compile="inductor")}  # 12% faster steps (benchmark.md, run M)
+          "best": dict(VAMP, guide="iaf", elbo="iwae", particles=5, compile="inductor"),  # 12% faster steps (benchmark.md, run M)
+          "vamp-iaf-iwae": dict(VAMP, guide="iaf", elbo="iwae", particles=5, compile="inductor", select_on="bound",
+                                warmup_epochs=0, after="vamp-iaf")}  # from vamp-iaf's best.pt of the same seed
 # nats: (published, its spread, what it is); the VampPrior's spread is not given; `best` is measured against it
 PUBLISHED = {"normal": (-228.70, 0.15, "published"), "vamp": (-227.35, None, "published")}
-PUBLISHED.update(dict.fromkeys(("vamp-iaf", "best"), (PUBLISHED["vamp"][0], None, "to beat (the VampPrior)")))
+PUBLISHED.update(dict.fromkeys(("vamp-iaf", "best", "vamp-iaf-iwae"), (PUBLISHED["vamp"][0], None, "to beat (the VampPrior)")))
+
+
+def selected(setup):
+    """The metric a setup's runs keep their best epoch by."""
+    return "val_bound" if SETUPS[setup].get("select_on") == "bound" else "val_elbo"
 
 
 def setup_of(row):
@@ -92,10 +104,17 @@ def main():
                 if args.epochs is None or len(pyro_vae.read_metrics(run)) < args.epochs:  # a run at the cap is scored as it is
                     pyro_vae.train(resume=run, progress=False, epochs=args.epochs)  # to its cap, unless it stopped early
             else:
-                pyro_vae.train(out=run, progress=False, **{**COMMON, "dataset": args.dataset, "val_size": args.val_size},
-                               **SETUPS[setup], epochs=2000 if args.epochs is None else args.epochs, seed=seed)
+                settings = {**COMMON, "dataset": args.dataset, "val_size": args.val_size, **SETUPS[setup]}
+                after = settings.pop("after", None)
+                if after is not None:  # trained on from that setup's finished run of the same seed
+                    if (after, seed) not in {(setup_of(r), r["seed"]) for r in read_rows(log)}:  # scored since?
+                        sys.exit(f"density_fashion_mnist.py: {setup} seed {seed} starts from {after} seed {seed}'s "
+                                 f"best weights: run that to its end first (--setups {after})")
+                    settings["init_from"] = str(Path(args.out) / f"{after}-seed{seed}")
+                pyro_vae.train(out=run, progress=False, **settings, epochs=2000 if args.epochs is None else args.epochs,
+                               seed=seed)
             metrics = pyro_vae.read_metrics(run)
-            result = earlier_score(run, metrics, args.iw_samples) or pyro_vae.evaluate_run(
+            result = earlier_score(run, metrics, args.iw_samples, selected(setup)) or pyro_vae.evaluate_run(
                 run, iw_samples=args.iw_samples, progress=False, fidelity_samples=0)
             with results_lock(args):  # a sweep beside this one (other seeds) writes the same files
                 write_rows(args, log, setup, seed, result, metrics)
@@ -116,10 +135,18 @@ def write_rows(args, log, setup, seed, result, metrics):
                      "median_epoch_seconds": statistics.median(m["seconds"] for m in metrics),
                      "cpu": f"{cpu_name()}, {counted(torch.get_num_threads(), 'thread')}",
                      "eval_minutes": result["seconds"] / 60, "iw_samples": args.iw_samples,
-                     "active_units": result["active_units"]})
+                     "active_units": result["active_units"], **after_hours(setup, seed, log)})
     # the curve beside the row: run directories do not outlive the machine, the figure must
-    append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics]},
+    append_row(curves_file(args), {"setup": setup, "seed": seed, "val_elbo": [m["val_elbo"] for m in metrics],
+                                   **({"val_bound": [m["val_bound"] for m in metrics]} if "val_bound" in metrics[0] else {})},
                show=False)
+
+
+def after_hours(setup, seed, log):
+    """For a setup trained on from another's run: that run's hours of training, as {"before_hours": h}."""
+    after = SETUPS[setup].get("after")
+    rows = [r for r in read_rows(log) if after and (setup_of(r), r["seed"]) == (after, seed)]
+    return {"before_hours": rows[0]["train_hours"]} if rows else {}
 
 
 @contextlib.contextmanager
@@ -139,7 +166,7 @@ def trains_on(args, row, run):
             and (run / "config.json").exists())
 
 
-def earlier_score(run, metrics, iw_samples):
+def earlier_score(run, metrics, iw_samples, key="val_elbo"):
     """The run's eval.json where it already scores what this script would (best.pt at the run's best
     epoch, K = iw_samples, the whole test split), else None: a sweep stopped after scoring a run and
     before writing its row (a crash, a signal) does not score it again."""
@@ -148,7 +175,7 @@ def earlier_score(run, metrics, iw_samples):
         test_size = json.loads((run / "data.json").read_text())["examples"]["test"]
     except (OSError, ValueError, KeyError):
         return None
-    best = max(metrics, key=lambda m: m["val_elbo"])["epoch"]  # the first of equals, as training keeps best.pt
+    best = max(metrics, key=lambda m: m[key])["epoch"]  # the first of equals, as training keeps best.pt
     same = (result.get("checkpoint"), result.get("checkpoint_epoch"), result.get("iw_samples"), result.get("examples"))
     return result if same == ("best.pt", best, iw_samples, test_size) else None
 
@@ -170,28 +197,35 @@ def curves_file(args):
 def write_figure(args):
     """The validation ELBO of every run after the warm-up, finished or not: one line per run,
     coloured by setup, its best epoch dotted. A finished run's curve is read from the results
-    folder (kept with its row), a running one's from its directory under --out."""
-    kept = {(r["setup"], r["seed"]): r["val_elbo"] for r in read_rows(curves_file(args))}
+    folder (kept with its row), a running one's from its directory under --out. Runs trained on
+    from another's weights (vamp-iaf-iwae) go to a figure of their own, NAME_iwae_curves.png: the
+    validation IWAE bound they select on, from their first epoch."""
+    kept = {(r["setup"], r["seed"]): r for r in read_rows(curves_file(args))}
     scored = {(setup_of(r), r["seed"]) for r in read_rows(RESULTS / f"{args.name}.jsonl")}
     for run in sorted(Path(args.out).glob("*-seed*")):
         setup, seed = run.name.rsplit("-seed", 1)
         key = (setup, int(seed))
-        if (run / "metrics.jsonl").exists() and key not in kept:
-            kept[key] = [m["val_elbo"] for m in pyro_vae.read_metrics(run)]
+        if (run / "metrics.jsonl").exists() and key not in kept and setup in SETUPS:
+            metrics = pyro_vae.read_metrics(run)
+            kept[key] = {k: [m[k] for m in metrics] for k in ("val_elbo", "val_bound") if metrics and k in metrics[0]}
             if key in scored:  # finished before its curve was kept with its row: kept now
-                append_row(curves_file(args), {"setup": setup, "seed": key[1], "val_elbo": kept[key]}, show=False)
-    curves = {}
-    for setup in SETUPS:
-        shown = sorted(seed for (s, seed), c in kept.items() if s == setup and len(c) > COMMON["warmup_epochs"])
-        if shown:  # a run still in its warm-up has no line yet
-            curves[f"{setup}: seed{'s' * (len(shown) > 1)} {', '.join(map(str, shown))}"] = [
-                kept[setup, seed][COMMON["warmup_epochs"]:] for seed in shown]
-    if curves:
-        plots.curve_bands({"validation ELBO of the 10,000 held-out training images": curves},
-                          RESULTS / f"{args.name}_curves.png",
-                          f"The published setup after its {COMMON['warmup_epochs']}-epoch KL warm-up: one line per "
-                          f"run, ending where patience, the --epochs cap or the session stopped it",
-                          "validation ELBO (nats)", start=COMMON["warmup_epochs"] + 1, each=True)
+                append_row(curves_file(args), {"setup": setup, "seed": key[1], **kept[key]}, show=False)
+    for trained_on, key, skip, name, what in (
+            (False, "val_elbo", COMMON["warmup_epochs"], "curves", f"after its {COMMON['warmup_epochs']}-epoch KL warm-up"),
+            (True, "val_bound", 0, "iwae_curves", "trained on from each vamp-iaf run's best weights with the IWAE "
+                                                  "bound (K = 5)")):
+        curves = {}
+        for setup in (s for s in SETUPS if ("after" in SETUPS[s]) == trained_on):
+            shown = sorted(seed for (s, seed), c in kept.items() if s == setup and len(c.get(key, ())) > skip)
+            if shown:  # a run still in its warm-up has no line yet
+                curves[f"{setup}: seed{'s' * (len(shown) > 1)} {', '.join(map(str, shown))}"] = [
+                    kept[setup, seed][key][skip:] for seed in shown]
+        if curves:
+            panel = "validation ELBO" if key == "val_elbo" else "validation IWAE bound (K = 5)"
+            plots.curve_bands({f"{panel} of the 10,000 held-out training images": curves},
+                              RESULTS / f"{args.name}_{name}.png",
+                              f"The published setup {what}: one line per run, ending where patience, the --epochs "
+                              f"cap or the session stopped it", f"{panel} (nats)", start=skip + 1, each=True)
 
 
 def median_epoch_seconds(args, row):
@@ -203,6 +237,11 @@ def median_epoch_seconds(args, row):
     run = Path(args.out) / f"{setup_of(row)}-seed{row['seed']}"
     seconds = [m["seconds"] for m in pyro_vae.read_metrics(run)] if (run / "metrics.jsonl").exists() else []
     return f"{statistics.median(seconds):.1f}" if seconds else "?"
+
+
+def hours_before(row):
+    """' (+ h before)' for a run trained on from another run's weights, whose hours it adds to."""
+    return f" (+ {row['before_hours']:.1f} before)" if "before_hours" in row else ""
 
 
 def ended_by(row):
@@ -228,7 +267,7 @@ def write_table(args, log):
         lines.append(f"| {setup} | {len(group)} | {mean:.2f} {spread} | {published:.2f}"
                      f"{f' +- {its_spread:.2f}' if its_spread else ''} {what} | "
                      f"{', '.join(str(r['best_epoch']) for r in group)} | {', '.join(str(r['epochs']) + ' (' + ended_by(r) + ')' for r in group)} | "
-                     f"{', '.join(format(r['train_hours'], '.1f') for r in group)} | "
+                     f"{', '.join(format(r['train_hours'], '.1f') + hours_before(r) for r in group)} | "
                      f"{', '.join(median_epoch_seconds(args, r) for r in group)} | "
                      f"{'; '.join(r.get('cpu', '?') for r in group)} |")
     lines += ["", f"Raw rows: [{log.name}]({log.name})", ""]

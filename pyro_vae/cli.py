@@ -333,6 +333,13 @@ def parser():
     t.add_argument("--patience", type=positive_int, default=None, metavar="N",
                    help="early stopping: stop when the validation ELBO has not improved for N epochs, and keep the "
                         "best epoch's weights as best.pt, which evaluate, sample and figures then use (default: off)")
+    t.add_argument("--select-on", default=c.select_on, choices=["elbo", "bound"],
+                   help="what --patience, best.pt and --lr-schedule read each epoch: the validation ELBO, or (with "
+                        "--elbo iwae) the validation IWAE bound with --particles K, the bound the run trains on")
+    t.add_argument("--init-from", default=None, metavar="RUN|CHECKPOINT",
+                   help="start from the weights of another run of the same model and sizes (its best.pt where it "
+                        "kept one, else its last checkpoint), e.g. to train on with another objective; the "
+                        "optimizer and the epochs start afresh")
     t.add_argument("--tensorboard", default=c.tensorboard, choices=["auto", "on", "off"],
                    help="TensorBoard event files in RUN/tensorboard (auto: where `pip install 'pyro-vae[tensorboard]'` "
                         "put the package); metrics.jsonl is the record either way")

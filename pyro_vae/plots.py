@@ -64,24 +64,29 @@ def image_grid(images, shape, path, ncol, title=None, row_labels=None, gap=0.0):
     return save(fig, path)
 
 
-def elbo_curves(history, path):
-    """Training and validation ELBO per epoch from a run's metrics."""
+def elbo_curves(history, path, select="val_elbo"):
+    """Training and validation ELBO per epoch from a run's metrics (and the validation IWAE bound
+    where the run has one), with the best epoch by `select`, the metric model selection reads."""
     epochs = [m["epoch"] for m in history]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    train, val = [m["train_elbo"] for m in history], [m["val_elbo"] for m in history]
-    ax.plot(epochs, train, label="train (training objective)")
-    ax.plot(epochs, val, label="validation ELBO")
+    lines = {"train_elbo": "train (training objective)", "val_elbo": "validation ELBO",
+             "val_bound": "validation IWAE bound"}
+    curves = {k: [m[k] for m in history] for k in lines if all(k in m for m in history)}
+    for k, values in curves.items():
+        ax.plot(epochs, values, label=lines[k])
     if len(history) > 2:
         # the epoch model selection keeps (best.pt, where early stopping is on)
-        best = max(range(len(val)), key=lambda i: val[i])
-        ax.plot([epochs[best]], [val[best]], "o", color="C1", ms=5,
-                label=f"best validation: epoch {epochs[best]}, {val[best]:.2f}")
+        chosen = curves[select]
+        best = max(range(len(chosen)), key=lambda i: chosen[i])
+        ax.plot([epochs[best]], [chosen[best]], "o", color=f"C{list(curves).index(select)}", ms=5,
+                label=f"best {lines[select].replace('validation ', 'by ')}: epoch {epochs[best]}, {chosen[best]:.2f}")
         # the first epoch's low ELBO would squash the rest: start the axis after it
-        later = train[1:] + val[1:]
+        later = [v for values in curves.values() for v in values[1:]]
         low, high = min(later), max(later)
         ax.set_ylim(low - 0.1 * (high - low or 1), high + 0.1 * (high - low or 1))
-        if min(train[0], val[0]) < low:
-            ax.annotate(f"epoch 1: {min(train[0], val[0]):.1f} (off the axis)", xy=(0.02, 0.03),
+        first = min(values[0] for values in curves.values())
+        if first < low:
+            ax.annotate(f"epoch 1: {first:.1f} (off the axis)", xy=(0.02, 0.03),
                         xycoords="axes fraction", fontsize=8, color="0.35")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")

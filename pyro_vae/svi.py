@@ -33,10 +33,10 @@ from . import distributed
 from .capture import CapturedStep, CaptureFailed
 from .data import BINARIZATIONS, batch_count, batches, batches_apart
 from .errors import BadValue, Diverged, UserError, one_of, positive_int
-from .estimators import elbo_per_example
+from .estimators import elbo_per_example, importance_sampled
 from .models import model_inputs
 from .nets import choosing_products, flush_denormals, new_choices
-from .objectives import ScaleLatents, make_elbo
+from .objectives import IWAE_ELBO, ScaleLatents, make_elbo
 
 
 class Callback:
@@ -73,8 +73,9 @@ class Progress(Callback):
             self.bar.set_postfix_str(f"epoch {epoch} elbo {elbo:.2f}")
 
     def on_epoch_end(self, trainer, metrics):
+        bound = f"  val IWAE bound {metrics['val_bound']:9.3f}" if "val_bound" in metrics else ""
         self.bar.write(f"epoch {metrics['epoch']:4d}  train ELBO {metrics['train_elbo']:9.3f}  "
-                       f"val ELBO {metrics['val_elbo']:9.3f} nats/example  {metrics['seconds']:6.2f} s")
+                       f"val ELBO {metrics['val_elbo']:9.3f}{bound} nats/example  {metrics['seconds']:6.2f} s")
 
     def on_train_end(self, trainer):
         if self.bar is not None:
@@ -227,7 +228,8 @@ class Trainer:
 
         Each metric is a dict with `epoch`, `train_elbo` (the training objective: the ELBO, or its
         beta-weighted or IWAE form), `val_elbo` (the plain ELBO, one Monte Carlo draw per example on
-        the fixed binarization), both in nats per example, and `seconds` (training time of the
+        the fixed binarization), for the IWAE objective `val_bound` (the IWAE bound with its K, on
+        the same images), all in nats per example, and `seconds` (training time of the
         epoch). A NaN or infinite loss raises `Diverged` at the end of its epoch. Under torchrun each
         process takes its shard of every batch (distributed.py). Denormal floats are flushed to zero
         while it runs (nets.flush_denormals), and large CPU products run as `self.products` chooses."""
@@ -305,12 +307,17 @@ class Trainer:
             raise Diverged(f"training diverged: the loss became NaN or infinite at epoch {epoch}, "
                            f"step {bad + 1} of {steps}", epoch, bad + 1)
         self.model.eval()
+        metrics = {"epoch": epoch, "train_elbo": train_elbo}
         with pyro.validation_enabled(False):
-            val = elbo_per_example(self.model.model, self.model.guide, *inputs(*data.splits["val"])).mean().item()
-        if not math.isfinite(val):  # the epoch's last step broke the weights
+            val_inputs = inputs(*data.splits["val"])
+            metrics["val_elbo"] = elbo_per_example(self.model.model, self.model.guide, *val_inputs).mean().item()
+            if isinstance(self.elbo, IWAE_ELBO):  # the bound it trains on, for --select-on bound
+                metrics["val_bound"] = importance_sampled(self.model.model, self.model.guide, *val_inputs,
+                                                          samples=self.elbo.num_particles)[0].mean().item()
+        if not all(map(math.isfinite, metrics.values())):  # the epoch's last step broke the weights
             raise Diverged(f"training diverged: the weights became NaN or infinite at epoch {epoch}, "
                            f"step {steps} of {steps}", epoch, steps)
-        return {"epoch": epoch, "train_elbo": train_elbo, "val_elbo": val, "seconds": seconds}
+        return {**metrics, "seconds": seconds}
 
     def _step(self, args, validate):
         """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""

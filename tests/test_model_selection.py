@@ -4,11 +4,13 @@ trains no further unless asked; the plateau schedule and a validation split give
 
 import json
 
+import pyro
 import pytest
 import torch
 
 import pyro_vae
 from pyro_vae import svi
+from pyro_vae.objectives import make_elbo
 from pyro_vae.runs.store import load_checkpoint
 from pyro_vae.runs.training import ModelSelection
 from pyro_vae.runs.config import Config
@@ -122,3 +124,89 @@ def test_overwrite_refuses_a_tensorboard_folder_with_foreign_files(tmp_path, cli
     cli_error(["train", "--dataset", "digits", "--epochs", "1", "--out", str(run), "--overwrite"],
               "also holds others (tensorboard)")
     assert (run / "tensorboard" / "my-notes.txt").read_text() == "mine"
+
+
+def test_selection_on_the_validation_iwae_bound(tmp_path, monkeypatch):
+    """--select-on bound: patience and best.pt follow the validation IWAE bound (scripted as CURVE),
+    not the validation ELBO (scripted to improve every epoch)."""
+    calls = {"bound": 0, "elbo": 0}
+    real_bound, real_elbo = svi.importance_sampled, svi.elbo_per_example
+
+    def bound(model, guide, *args, samples, **kwargs):
+        assert samples == 3  # the training objective's K
+        log_lik, elbo = real_bound(model, guide, *args, samples=samples, **kwargs)
+        calls["bound"] += 1
+        return torch.full_like(log_lik, CURVE[calls["bound"] - 1]), elbo
+
+    def elbo(*args, **kwargs):
+        calls["elbo"] += 1
+        return torch.full_like(real_elbo(*args, **kwargs), -100.0 + calls["elbo"])
+
+    monkeypatch.setattr(svi, "importance_sampled", bound)
+    monkeypatch.setattr(svi, "elbo_per_example", elbo)
+    run = pyro_vae.train(model="vae", epochs=9, patience=3, elbo="iwae", particles=3, select_on="bound",
+                         out=tmp_path / "run", progress=False, **SMALL)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_bound"] for m in metrics] == CURVE[:7]  # stopped after epoch 7, as on the ELBO's CURVE
+    assert load_checkpoint(run / "best.pt")["epoch"] == 4
+    assert pyro_vae.evaluate_run(run, iw_samples=5, progress=False)["checkpoint_epoch"] == 4
+    # the same run selecting on its (ever better) ELBO keeps its last epoch
+    calls.update(bound=0, elbo=0)
+    other = pyro_vae.train(model="vae", epochs=9, patience=3, elbo="iwae", particles=3, out=tmp_path / "other",
+                           progress=False, **SMALL)
+    assert load_checkpoint(other / "best.pt")["epoch"] == 9
+    with pytest.raises(pyro_vae.UserError, match="--select-on bound reads the validation IWAE bound of --elbo iwae"):
+        pyro_vae.train(model="vae", epochs=1, select_on="bound", out=tmp_path / "no", progress=False, **SMALL)
+    with pytest.raises(pyro_vae.UserError, match="select_on"):
+        pyro_vae.train(model="vae", epochs=1, select_on="test", out=tmp_path / "no", progress=False, **SMALL)
+
+
+def test_the_validation_iwae_bound_is_above_the_elbo():
+    """The bound a run records is the IWAE bound: with K = 20 it lies above the one-draw ELBO of the
+    same images by more than their noise (Burda et al.: the bound grows with K; here by 0.3-0.9 nats,
+    the one-draw ELBO's mean over 500 images has a noise of about 0.1)."""
+    pyro.set_rng_seed(0)
+    trainer = svi.Trainer(pyro_vae.build_model("vae", 64, z_dim=2, hidden=8), make_elbo("iwae", 20))
+    data = pyro_vae.load_dataset("digits", train_size=64, val_size=500)
+    metrics = trainer.run(data, epochs=2, batch_size=32)
+    assert all(m["val_bound"] > m["val_elbo"] + 0.2 for m in metrics)
+
+
+def test_init_from_starts_from_another_runs_best_weights(tmp_path, monkeypatch, capsys, cli_error):
+    source = pyro_vae.train(model="vae", epochs=4, patience=5, out=tmp_path / "source", progress=False, **SMALL)
+    before = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    best = load_checkpoint(source / "best.pt")
+    started = {}
+    real_run = svi.Trainer.run
+
+    def run(trainer, *args, **kwargs):
+        started.setdefault("weights", {k: v.clone() for k, v in trainer.model.state_dict().items()})
+        started.setdefault("epoch", trainer.epoch)
+        return real_run(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(svi.Trainer, "run", run)
+    tuned = pyro_vae.train(model="vae", epochs=2, elbo="iwae", particles=2, select_on="bound", patience=5,
+                           init_from=str(source), out=tmp_path / "tuned", **SMALL)
+    assert f"starting from the weights of epoch {best['epoch']} in {source.resolve() / 'best.pt'}" in capsys.readouterr().out
+    assert started["epoch"] == 0
+    assert all(torch.equal(v, best["model"][k]) for k, v in started["weights"].items())
+    assert json.loads((tuned / "config.json").read_text())["init_from"] == str(source.resolve() / "best.pt")
+    assert {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()} == before  # the source untouched
+    # a resume continues from the run's own checkpoint: the source is not read again (here: gone)
+    for p in source.iterdir():
+        if p.is_file():
+            p.unlink()
+    started.clear()
+    pyro_vae.train(resume=tuned, epochs=3, progress=False)
+    assert started["epoch"] == 2
+    # refused, in one line, before anything is written: a missing source, another architecture, other part settings
+    cli_error(["train", "--dataset", "digits", "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")],
+              "--init-from", "no such run directory or checkpoint file")
+    other = pyro_vae.train(model="vae", epochs=1, out=tmp_path / "other", progress=False, **SMALL)
+    cli_error(["train", "--dataset", "digits", "--train-size", "64", "--z-dim", "3", "--hidden", "8", "--init-from",
+               str(other), "--out", str(tmp_path / "b")], "--init-from", "z_dim 2")
+    vamp = pyro_vae.train(model="vae", epochs=1, prior="vamp", out=tmp_path / "vamp", progress=False, **SMALL)
+    cli_error(["train", "--dataset", "digits", "--train-size", "64", "--z-dim", "2", "--hidden", "8", "--prior", "vamp",
+               "--prior-arg", "pixels=hardtanh", "--init-from", str(vamp), "--out", str(tmp_path / "c")],
+              "--init-from", "part settings")
+    assert not any((tmp_path / name).exists() for name in "abc")

@@ -49,6 +49,9 @@ ARCHITECTURE = ("model", "dataset", "z_dim", "hidden", "likelihood", "prior", "g
 PARTS = ("likelihood", "prior", "guide")
 # Learning-rate schedules on the validation ELBO: (factor, epochs without improvement before it applies).
 LR_SCHEDULES = {None: None, "plateau": (0.5, 10)}
+# What model selection (--patience, best.pt, the plateau schedule) reads of each epoch's metrics:
+# the validation ELBO, or the validation IWAE bound with the training objective's particles.
+SELECT_ON = {"elbo": ("val_elbo", "validation ELBO"), "bound": ("val_bound", "validation IWAE bound")}
 NET_ROLES = ("encoder_net", "decoder_net", "prior_net")
 
 
@@ -90,6 +93,8 @@ class Config:
     val_size: float = 0.1  # a share of the training split, or (>= 1) a number of examples
     patience: int | None = None  # stop when the validation ELBO has not improved for this many epochs; keep best.pt
     lr_schedule: str | None = None  # "plateau": halve the learning rate after 10 epochs without improvement
+    select_on: str = "elbo"  # what patience, best.pt and lr_schedule read: SELECT_ON ("bound" with elbo "iwae")
+    init_from: str | None = None  # start from the weights of this run (its best.pt, else checkpoint.pt) or checkpoint
     tensorboard: str = "auto"  # event files in RUN/tensorboard: auto (where tensorboard is installed), on, off
     compile: str = "auto"  # the SVI step captured once per batch shape (capture.py): auto, on, inductor, off
     clip_grad: float | None = None  # clip the gradient's global norm to this; None: no clipping
@@ -190,6 +195,12 @@ class Config:
                             f"{', '.join(str(k) for k in LR_SCHEDULES)}")
         if c.train_size is not None:
             positive_int("train_size", c.train_size)
+        one_of("select_on", c.select_on, SELECT_ON)
+        if c.select_on == "bound" and c.elbo != "iwae":
+            raise BadValue(f"--select-on bound reads the validation IWAE bound of --elbo iwae; this run's objective "
+                           f"is {c.elbo}: select on its validation ELBO (--select-on elbo)")
+        if c.init_from is not None:
+            c.init_from = weights_file(c.init_from)
         if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
             raise BadValue(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
         if not finite(c.beta):
@@ -228,6 +239,16 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         # a run from before `binarization` was recorded drew its batches with torch.bernoulli
         return cls(**{"binarization": "bernoulli", **{k: v for k, v in d.items() if k in known}})
+
+
+def weights_file(where):
+    """The checkpoint file --init-from names, as an absolute path: a run directory's best.pt where
+    it kept one, else its checkpoint.pt; or a file. A path that is gone is kept as it was recorded
+    (a resumed run does not read it again); training a new run from it says it is missing."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "checkpoint.pt"
+    return str(path.resolve()) if path.exists() else str(where)
 
 
 def check_part_args(part_args):

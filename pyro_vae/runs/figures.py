@@ -13,6 +13,7 @@ from ..data import is_builtin
 from ..errors import UserError, positive_int
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
+from .config import SELECT_ON
 from .store import load_run, read_metrics
 
 MAX_DRAWS = 4096  # a 64 x 64 grid: beyond it a figure is unreadable and its canvas needs gigabytes
@@ -133,14 +134,15 @@ def latent_figure(model, data, path, n=5000):
     return plots.latent_values(z, labels[:n, 0], f"{(data.y_names or ['y0'])[0]} (colour)", path, title)
 
 
-def run_figures(model, data, history, run_dir):
-    """samples.png and reconstructions.png (models of x), elbo.png, latent.png in `run_dir`."""
+def run_figures(model, data, history, run_dir, select="val_elbo"):
+    """samples.png and reconstructions.png (models of x), elbo.png (its best epoch by `select`),
+    latent.png in `run_dir`."""
     run_dir = Path(run_dir)
     model.eval()
     if model.observed == "x":
         sample_grid(model, data, run_dir / "samples.png")
         reconstructions(model, data, run_dir / "reconstructions.png")
-    plots.elbo_curves(history, run_dir / "elbo.png")
+    plots.elbo_curves(history, run_dir / "elbo.png", select)
     latent_figure(model, data, run_dir / "latent.png")
 
 
@@ -189,11 +191,11 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
 def redraw_run(run_dir, device="auto"):
     """Draw a run's figures again from its checkpoint and metrics (`pyro-vae figures`): after an
     interrupted run, or to replace damaged ones. Returns the paths."""
-    model, _, data = load_run(run_dir, device)
+    model, config, data = load_run(run_dir, device)
     history = read_metrics(run_dir)
     if not history:
         raise UserError(f"{run_dir} has no finished epoch yet: nothing to draw")
-    run_figures(model, data, history, run_dir)
+    run_figures(model, data, history, run_dir, SELECT_ON[config.select_on][0])
     return sorted(Path(run_dir).glob("*.png"))
 
 

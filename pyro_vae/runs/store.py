@@ -327,9 +327,10 @@ def check_checkpoint(state, model, config, path):
     if not isinstance(history, list) or len(history) != epoch or not all(
             isinstance(m, dict) and m.get("epoch") == i + 1 and all(
                 isinstance(m.get(k), (int, float)) and not isinstance(m.get(k), bool) and finite(m[k])
-                for k in ("train_elbo", "val_elbo", "seconds")) for i, m in enumerate(history)):
+                for k in ("train_elbo", "val_elbo", "seconds") + ("val_bound",) * (config.select_on == "bound"))
+            for i, m in enumerate(history)):
         raise UserError(f"{path}: history must be a JSON list of the {epoch} epochs' metrics (epoch, train_elbo, "
-                        f"val_elbo, seconds)")
+                        f"val_elbo{', val_bound' * (config.select_on == 'bound')}, seconds)")
     check_weights(state["model"], model, path)
     for name, value in state["model"].items():
         if value.is_floating_point() and not torch.isfinite(value).all():
@@ -512,8 +513,8 @@ def write_data_facts(run_dir, data, **facts):
 
 def load_run(run_dir, device="auto", checkpoint="best"):
     """(model with trained weights, config, data set) of a finished or interrupted run: the weights
-    of its best epoch by validation ELBO where it kept them (best.pt, with --patience), else of its
-    last (checkpoint.pt); `checkpoint="last"` takes the last."""
+    of its best epoch by validation ELBO (or IWAE bound, --select-on) where it kept them (best.pt,
+    with --patience), else of its last (checkpoint.pt); `checkpoint="last"` takes the last."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     device = resolve_device(device)

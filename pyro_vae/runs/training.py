@@ -7,6 +7,8 @@ Ctrl-C stops at once, keeping the previous checkpoint. A NaN or infinite loss ra
 """
 
 import contextlib
+import dataclasses
+import json
 import math
 import signal
 import sys
@@ -26,10 +28,11 @@ from ..files import atomic_write, write_json
 from ..models import model_inputs
 from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
-from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, Config, check_change, resolve_device
+from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, SELECT_ON, Config, check_change, resolve_device
 from .figures import run_figures
-from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, make_run_dir, model_for,
-                    prepare_run_dir, read_config, restore, run_data, save_checkpoint, write_data_facts, write_metrics)
+from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, load_weights,
+                    make_run_dir, model_for, prepare_run_dir, read_config, restore, run_data, save_checkpoint,
+                    write_data_facts, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
 # SIGKILL 30 s after SIGTERM by default).
@@ -195,6 +198,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
         state = load_checkpoint(run_dir / "checkpoint.pt", model, config)
         check_checkpoint(state, model, config, run_dir / "checkpoint.pt")
         record_changes(config, overrides, state["epoch"])
+    elif config.init_from is not None:  # a new run (or one killed before its first checkpoint)
+        start_from(model, config, progress)
     config.device_used = str(device)
     trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.current("lr"),
                       beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"),
@@ -272,7 +277,7 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                           f"{trainer.epoch} in {run_dir}/checkpoint.pt; continue with: "
                           f"pyro-vae train --resume {run_dir}") from None
     if distributed.rank() == 0:
-        run_figures(model, data, trainer.history, run_dir)
+        run_figures(model, data, trainer.history, run_dir, SELECT_ON[config.select_on][0])
         if progress and getattr(model.encoder, "has_density", True):
             note = collapse_note(active_units(latent_means(model, *model_inputs(model, x_val, y_val, data.n_classes))),
                                  where=f"of {config.z_dim}, on the validation split")
@@ -291,9 +296,32 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
             print(f"pyro-vae: {trainer.stop_reason}", flush=True)
         if progress and trainer.history:
             last = trainer.history[-1]
-            print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats per "
+            bound = f", IWAE bound {last['val_bound']:.3f}" if "val_bound" in last else ""
+            print(f"pyro-vae: done after epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f}{bound} nats per "
                   f"example; metrics, checkpoint and figures in {run_dir}", flush=True)
     return run_dir
+
+
+def start_from(model, config, progress):
+    """Put into `model` the weights of config.init_from (weights_file made it a checkpoint file):
+    a checkpoint of a model of the same architecture and part settings, checked as --resume checks
+    its own. The optimizer, epochs and random state start afresh."""
+    path = Path(config.init_from)
+    where = f"--init-from {path}"
+    if not path.is_file():
+        raise UserError(f"{where}: no such run directory or checkpoint file")
+    try:
+        source = dataclasses.replace(config, select_on="elbo")  # its history need not hold the bound
+        state = load_checkpoint(path, model, source)
+        check_checkpoint(state, model, source, path)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    saved = json.loads(state["config"]).get("part_args")
+    if (saved or None) != (config.part_args or None):  # e.g. the VampPrior's pixels: no shape tells them apart
+        raise UserError(f"{where}: its part settings {saved} differ from this run's {config.part_args}")
+    load_weights(model, state, path)
+    if progress:
+        print(f"pyro-vae: starting from the weights of epoch {state['epoch']} in {path}", flush=True)
 
 
 COLLAPSED_RATE = 0.1  # nats per example: below it the posterior carries next to nothing about x
@@ -311,7 +339,8 @@ def collapse_note(units, rate=None, where=""):
 
 
 class ModelSelection(Callback):
-    """On the validation ELBO: keep the best epoch's state as best.pt, stop when `patience` epochs
+    """On the validation ELBO (or, select_on "bound", the validation IWAE bound): keep the best
+    epoch's state as best.pt, stop when `patience` epochs
     passed without improvement, and (lr_schedule "plateau") scale the learning rate by a factor
     after a number of epochs without improvement. Its state is what the history says, replayed on
     every (re)start, so a resumed run decides as an uninterrupted one would. Epochs before a
@@ -323,13 +352,14 @@ class ModelSelection(Callback):
         # where a --resume asked to train on after an early stop (recorded in config.changes)
         self.since = next((c["patience_from"] for c in reversed(config.changes) if "patience_from" in c), 0)
         self.schedule = LR_SCHEDULES[config.lr_schedule]
+        self.key, self.what = SELECT_ON[config.select_on]
 
     def replay(self, history):
-        """(best epoch, best ELBO, epochs without improvement, learning-rate scale) after `history`."""
+        """(best epoch, best value, epochs without improvement, learning-rate scale) after `history`."""
         best_epoch, best, bad, scale = 0, -math.inf, 0, 1.0
         for m in history:
-            if m["val_elbo"] > best:
-                best_epoch, best, bad = m["epoch"], m["val_elbo"], 0
+            if m[self.key] > best:
+                best_epoch, best, bad = m["epoch"], m[self.key], 0
             else:
                 bad += 1
                 if self.schedule and bad % self.schedule[1] == 0:
@@ -349,7 +379,7 @@ class ModelSelection(Callback):
             trainer.set_lr(self.config.current("lr") * scale)
         waited = min(bad, trainer.epoch - self.since)
         if self.config.patience and waited >= self.config.patience:
-            trainer.stop_reason = (f"stopped early after epoch {trainer.epoch}: no better validation ELBO for "
+            trainer.stop_reason = (f"stopped early after epoch {trainer.epoch}: no better {self.what} for "
                                    f"{self.config.patience} epochs; best epoch {best_epoch}, kept in best.pt")
 
     def stopped(self, history):
@@ -370,8 +400,9 @@ class TensorBoard(Callback):
         self.writer, self.data = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR)), data
 
     def on_epoch_end(self, trainer, metrics):
-        for key in ("train_elbo", "val_elbo", "seconds"):
-            self.writer.add_scalar(key, metrics[key], metrics["epoch"])
+        for key in ("train_elbo", "val_elbo", "val_bound", "seconds"):
+            if key in metrics:
+                self.writer.add_scalar(key, metrics[key], metrics["epoch"])
         self.writer.add_scalar("lr", trainer.optimizer.param_groups[0]["lr"], metrics["epoch"])
         self.writer.flush()
 
