@@ -338,8 +338,8 @@ def parser():
                         "--elbo iwae) the validation IWAE bound with --particles K, the bound the run trains on")
     t.add_argument("--init-from", default=None, metavar="RUN|CHECKPOINT",
                    help="start from the weights of another run of the same model and sizes (its best.pt where it "
-                        "kept one, else its last checkpoint), e.g. to train on with another objective; the "
-                        "optimizer and the epochs start afresh")
+                        "kept one, else its last checkpoint), e.g. to train on with another objective; Adam goes "
+                        "on from its moments at this run's --lr, the epochs count from 1")
     t.add_argument("--tensorboard", default=c.tensorboard, choices=["auto", "on", "off"],
                    help="TensorBoard event files in RUN/tensorboard (auto: where `pip install 'pyro-vae[tensorboard]'` "
                         "put the package); metrics.jsonl is the record either way")

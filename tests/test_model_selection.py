@@ -2,6 +2,7 @@
 curve, the best epoch's weights (best.pt) are the ones evaluated, and a resume after an early stop
 trains no further unless asked; the plateau schedule and a validation split given as a count."""
 
+import copy
 import json
 
 import pyro
@@ -182,14 +183,21 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, monkeypatch, 
     def run(trainer, *args, **kwargs):
         started.setdefault("weights", {k: v.clone() for k, v in trainer.model.state_dict().items()})
         started.setdefault("epoch", trainer.epoch)
+        started.setdefault("adam", copy.deepcopy(trainer.optimizer.state_dict()))  # training updates it in place
         return real_run(trainer, *args, **kwargs)
 
     monkeypatch.setattr(svi.Trainer, "run", run)
-    tuned = pyro_vae.train(model="vae", epochs=2, elbo="iwae", particles=2, select_on="bound", patience=5,
+    tuned = pyro_vae.train(model="vae", epochs=2, elbo="iwae", particles=2, select_on="bound", patience=5, lr=3e-4,
                            init_from=str(source), out=tmp_path / "tuned", **SMALL)
-    assert f"starting from the weights of epoch {best['epoch']} in {source.resolve() / 'best.pt'}" in capsys.readouterr().out
+    assert (f"starting from the weights and Adam's moments of epoch {best['epoch']} in "
+            f"{source.resolve() / 'best.pt'}") in capsys.readouterr().out
     assert started["epoch"] == 0
     assert all(torch.equal(v, best["model"][k]) for k, v in started["weights"].items())
+    # Adam goes on from the source's moments, at this run's learning rate
+    assert started["adam"]["param_groups"][0]["lr"] == 3e-4
+    saved = best["optimizer"]["state"]
+    assert len(saved) == len(started["adam"]["state"]) > 0 and all(
+        torch.equal(entry[k], saved[i][k]) for i, entry in started["adam"]["state"].items() for k in entry)
     assert json.loads((tuned / "config.json").read_text())["init_from"] == str(source.resolve() / "best.pt")
     assert {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()} == before  # the source untouched
     # a resume continues from the run's own checkpoint: the source is not read again (here: gone)

@@ -30,9 +30,9 @@ from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
 from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, SELECT_ON, Config, check_change, resolve_device
 from .figures import run_figures
-from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint, load_weights,
-                    make_run_dir, model_for, prepare_run_dir, read_config, restore, run_data, save_checkpoint,
-                    write_data_facts, write_metrics)
+from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, check_optimizer_state, clear_temporaries, default_run_dir,
+                    load_checkpoint, load_weights, make_run_dir, model_for, prepare_run_dir, read_config, restore,
+                    run_data, save_checkpoint, write_data_facts, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
 # SIGKILL 30 s after SIGTERM by default).
@@ -198,8 +198,6 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
         state = load_checkpoint(run_dir / "checkpoint.pt", model, config)
         check_checkpoint(state, model, config, run_dir / "checkpoint.pt")
         record_changes(config, overrides, state["epoch"])
-    elif config.init_from is not None:  # a new run (or one killed before its first checkpoint)
-        start_from(model, config, progress)
     config.device_used = str(device)
     trainer = Trainer(model, make_elbo(config.elbo, config.particles, config.jit), lr=config.current("lr"),
                       beta=config.beta, warmup_epochs=config.warmup_epochs, clip_grad=config.current("clip_grad"),
@@ -207,6 +205,8 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
                       binarization=config.binarization)
     if state:
         restore(trainer, state, config, run_dir / "checkpoint.pt")
+    elif config.init_from is not None:  # a new run (or one killed before its first checkpoint)
+        start_from(trainer, config, progress)
     done = trainer.epoch
     if more and ModelSelection(None, config).stopped(trainer.history):  # asked to train on after an early stop:
         config.changes.append({"epoch": done, "patience_from": done})  # recorded, so a later resume counts alike
@@ -302,26 +302,34 @@ def _train_locked(config, out, device, progress, resuming, stop, overwrite, over
     return run_dir
 
 
-def start_from(model, config, progress):
-    """Put into `model` the weights of config.init_from (weights_file made it a checkpoint file):
-    a checkpoint of a model of the same architecture and part settings, checked as --resume checks
-    its own. The optimizer, epochs and random state start afresh."""
+def start_from(trainer, config, progress):
+    """Put into the trainer's model and optimizer the weights and Adam's moments of config.init_from
+    (weights_file made it a checkpoint file): a checkpoint of a model of the same architecture and
+    part settings, checked as --resume checks its own. Adam goes on from its moments at this run's
+    learning rate (a fresh Adam's first steps are about lr in every weight whatever its gradient,
+    a jolt to trained weights). The epochs, the history and the random state start afresh."""
     path = Path(config.init_from)
     where = f"--init-from {path}"
     if not path.is_file():
         raise UserError(f"{where}: no such run directory or checkpoint file")
     try:
         source = dataclasses.replace(config, select_on="elbo")  # its history need not hold the bound
-        state = load_checkpoint(path, model, source)
-        check_checkpoint(state, model, source, path)
+        state = load_checkpoint(path, trainer.model, source)
+        check_checkpoint(state, trainer.model, source, path)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
     saved = json.loads(state["config"]).get("part_args")
     if (saved or None) != (config.part_args or None):  # e.g. the VampPrior's pixels: no shape tells them apart
         raise UserError(f"{where}: its part settings {saved} differ from this run's {config.part_args}")
-    load_weights(model, state, path)
+    load_weights(trainer.model, state, path)
+    check_optimizer_state(state["optimizer"], trainer.optimizer, path)
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise UserError(f"{where}: damaged optimizer state ({str(e)[:100]})") from None
+    trainer.set_lr(config.current("lr"))
     if progress:
-        print(f"pyro-vae: starting from the weights of epoch {state['epoch']} in {path}", flush=True)
+        print(f"pyro-vae: starting from the weights and Adam's moments of epoch {state['epoch']} in {path}", flush=True)
 
 
 COLLAPSED_RATE = 0.1  # nats per example: below it the posterior carries next to nothing about x
