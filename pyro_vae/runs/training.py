@@ -348,9 +348,9 @@ def collapse_note(units, rate=None, where=""):
 
 class ModelSelection(Callback):
     """On the validation ELBO (or, select_on "bound", the validation IWAE bound): keep the best
-    epoch's state as best.pt, stop when `patience` epochs
-    passed without improvement, and (lr_schedule "plateau") scale the learning rate by a factor
-    after a number of epochs without improvement. Its state is what the history says, replayed on
+    epoch's state as best.pt, stop when `patience` epochs passed without improvement, and
+    (lr_schedule "plateau") scale the learning rate by a factor after a number of epochs without
+    improvement. Its state is what the history says, replayed on
     every (re)start, so a resumed run decides as an uninterrupted one would. Epochs before a
     --resume that asked for more epochs after an early stop (config.changes "patience_from") do not
     count against patience."""
