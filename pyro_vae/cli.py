@@ -332,8 +332,8 @@ def parser():
                         "Fashion-MNIST setups hold out 10000)")
     t.add_argument("--patience", type=positive_int, default=None, metavar="N",
                    help="early stopping: stop when the validation ELBO (or bound: --select-on) has not improved for N "
-                        "epochs, and keep the "
-                        "best epoch's weights as best.pt, which evaluate, sample and figures then use (default: off)")
+                        "epochs, and keep the best epoch's weights as best.pt, which evaluate, sample and figures "
+                        "then use (default: off)")
     t.add_argument("--select-on", default=c.select_on, choices=["elbo", "bound"],
                    help="what --patience, best.pt and --lr-schedule read each epoch: the validation ELBO, or (with "
                         "--elbo iwae) the validation IWAE bound with --particles K, the bound the run trains on")
