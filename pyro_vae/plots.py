@@ -225,11 +225,12 @@ def labelled_panels(panels, classes, shape, per_class, path, caption=None):
     return save(fig, path, pad=1.2, caption=caption)
 
 
-def curve_bands(panels, path, title, ylabel, start=1, each=False):
+def curve_bands(panels, path, title, ylabel, start=1, each=False, whole=False):
     """One panel per entry (panel title -> {name -> list of per-seed curves, each a list of values
     per epoch, the first of them epoch `start`}), one line per name: the mean over the seeds that
     reached each epoch, and a band from their lowest to their highest. With `each`, every seed's
-    own curve instead, in its name's colour, its highest value marked with a dot."""
+    own curve instead, in its name's colour, its highest value marked with a dot. The value axis
+    leaves out the first epoch (it would squash the rest) unless `whole`."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4), squeeze=False)
     for ax, (panel, curves) in zip(axes[0], panels.items()):
         later = []
@@ -237,7 +238,7 @@ def curve_bands(panels, path, title, ylabel, start=1, each=False):
             length = max(len(r) for r in runs)
             epochs = np.arange(start, start + length)
             stacked = [[r[e] for r in runs if len(r) > e] for e in range(length)]
-            later += [x for v in stacked[1:] for x in v]
+            later += [x for v in stacked[0 if whole else 1:] for x in v]
             if each:
                 for i, r in enumerate(runs):
                     ax.plot(epochs[:len(r)], r, color=f"C{k % 10}", lw=0.8, alpha=0.85,
