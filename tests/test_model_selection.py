@@ -217,4 +217,8 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, monkeypatch, 
     cli_error(["train", "--dataset", "digits", "--train-size", "64", "--z-dim", "2", "--hidden", "8", "--prior", "vamp",
                "--prior-arg", "pixels=hardtanh", "--init-from", str(vamp), "--out", str(tmp_path / "c")],
               "--init-from", "part settings")
-    assert not any((tmp_path / name).exists() for name in "abc")
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((other / "checkpoint.pt").read_bytes()[:5000])  # a copy cut short
+    cli_error(["train", "--dataset", "digits", "--train-size", "64", "--z-dim", "2", "--hidden", "8", "--init-from",
+               str(damaged), "--out", str(tmp_path / "d")], "--init-from", "not a loadable pyro-vae checkpoint")
+    assert not any((tmp_path / name).exists() for name in "abcd")
