@@ -247,7 +247,8 @@ def write_figure(args):
         for panel, key in ((p, k) for p, k in panels.items() if k in keys):
             curves = {}
             for setup in (s for s in SETUPS if ("after" in SETUPS[s]) == trained_on):
-                shown = sorted(seed for (s, seed), c in kept.items() if s == setup and len(c.get(key, ())) >= first)
+                shown = sorted(seed for (s, seed), c in kept.items()
+                               if s == setup and len(c.get(key, ())) >= max(first, 1))
                 if shown:  # a run still in its warm-up has no line yet
                     curves[f"{setup}: seed{'s' * (len(shown) > 1)} {', '.join(map(str, shown))}"] = [
                         [kept[setup, seed]["start"][key]] + kept[setup, seed][key] if first == 0 else
