@@ -356,17 +356,23 @@ def products_in(state, path):
     return products
 
 
-def restore(trainer, state, config, path):
-    """Continue `trainer` from a checked checkpoint: weights, optimizer, epoch, history, every random
-    generator (last: building the model and data drew from them). Everything is checked before the
-    run directory is written to."""
+def load_weights_and_adam(trainer, state, config, path):
+    """The checkpoint's weights and Adam's state into the trainer, at the config's current rate
+    (the saved state carries the rate it was saved with): for --resume and --init-from."""
     load_weights(trainer.model, state, path)
     check_optimizer_state(state["optimizer"], trainer.optimizer, path)
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         raise UserError(f"{path}: damaged optimizer state ({str(e)[:100]})") from None
-    trainer.set_lr(config.current("lr"))  # the saved state carries the rate it was saved with
+    trainer.set_lr(config.current("lr"))
+
+
+def restore(trainer, state, config, path):
+    """Continue `trainer` from a checked checkpoint: weights, optimizer, epoch, history, every random
+    generator (last: building the model and data drew from them). Everything is checked before the
+    run directory is written to."""
+    load_weights_and_adam(trainer, state, config, path)
     trainer.history = json.loads(state["history"])
     trainer.epoch = state["epoch"]
     trainer.products.load(products_in(state, path))

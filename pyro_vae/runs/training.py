@@ -30,9 +30,9 @@ from ..objectives import check_objective, make_elbo
 from ..svi import Callback, Progress, Trainer
 from .config import IN_RUN, LR_SCHEDULES, RESUMABLE, SELECT_ON, Config, check_change, resolve_device
 from .figures import run_figures
-from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, check_optimizer_state, clear_temporaries, default_run_dir,
-                    load_checkpoint, load_weights, make_run_dir, model_for, prepare_run_dir, read_config, restore,
-                    run_data, save_checkpoint, write_data_facts, write_metrics)
+from .store import (TENSORBOARD_DIR, RunLock, check_checkpoint, clear_temporaries, default_run_dir, load_checkpoint,
+                    load_weights_and_adam, make_run_dir, model_for, prepare_run_dir, read_config, restore, run_data,
+                    save_checkpoint, write_data_facts, write_metrics)
 
 # Seconds a SIGTERM leaves the current epoch to finish before training stops at once (SLURM sends
 # SIGKILL 30 s after SIGTERM by default).
@@ -321,13 +321,10 @@ def start_from(trainer, config, progress):
     saved = json.loads(state["config"]).get("part_args")
     if (saved or None) != (config.part_args or None):  # e.g. the VampPrior's pixels: no shape tells them apart
         raise UserError(f"{where}: its part settings {saved} differ from this run's {config.part_args}")
-    load_weights(trainer.model, state, path)
-    check_optimizer_state(state["optimizer"], trainer.optimizer, path)
     try:
-        trainer.optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        raise UserError(f"{where}: damaged optimizer state ({str(e)[:100]})") from None
-    trainer.set_lr(config.current("lr"))
+        load_weights_and_adam(trainer, state, config, path)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     if progress:
         print(f"pyro-vae: starting from the weights and Adam's moments of epoch {state['epoch']} in {path}", flush=True)
 
