@@ -83,3 +83,19 @@ def test_grid_canvas_geometry_for_grey_and_colour():
     colour = plots.grid_canvas(torch.rand(4, 3 * 6 * 5), (3, 6, 5), ncol=2)
     assert colour.shape == (2 * 7 - 1, 2 * 6 - 1, 3)
     assert np.all(colour[6, :, :] == 1.0)  # the gap between rows is white
+
+
+def test_close_values_keep_their_own_tick_labels_with_no_offset(tmp_path):
+    """Validation bounds that differ by hundredths (-226.30 to -226.22) read as themselves on every
+    figure's axes, not as small numbers under an offset in the corner."""
+    panels = {"validation IWAE bound": {"trained on": [[-226.30 + 0.005 * e for e in range(16)]]}}
+    path = plots.curve_bands(panels, tmp_path / "c.png", "close values", "nats")
+    assert mpimg.imread(path).shape[0] > 100
+    import matplotlib.pyplot as plt
+    fig, (curve, dots) = plt.subplots(1, 2)
+    curve.plot([1, 2, 3], [-226.30, -226.26, -226.22])
+    dots.errorbar([-227.14, -227.19], [0, 1], xerr=[0.27, 0.23], fmt="o")  # as compare's intervals
+    plots.save(fig, tmp_path / "d.png")
+    for axis in (curve.yaxis, dots.xaxis):
+        assert axis.get_major_formatter().get_offset() == ""
+        assert any(t.get_text().lstrip("\u2212-").startswith(("226", "227")) for t in axis.get_ticklabels())
