@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import pyro_vae
+from pyro_vae.cli import script
 from pyro_vae.runs.figures import latent_space_comparison
 from vae_fashion_mnist import RESULTS  # noqa: E402 (same folder)
 
@@ -34,4 +35,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script(main)  # an error in one line, as the CLI ends

@@ -58,8 +58,8 @@ import torch
 
 import pyro_vae
 from pyro_vae import plots
-from pyro_vae.cli import one_line
-from pyro_vae.errors import UserError, counted
+from pyro_vae.cli import script
+from pyro_vae.errors import counted
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, cpu_name, machine, read_rows  # noqa: E402 (same folder)
 
@@ -318,11 +318,4 @@ def write_table(args, log):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:  # e.g. --init-from a run directory lost with its machine: one line, as the CLI says it
-        print(f"density_fashion_mnist.py: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the message names the checkpoint kept
-        print(f"density_fashion_mnist.py: {one_line(e) or 'interrupted'}", file=sys.stderr)
-        sys.exit(getattr(e, "status", 130))
+    script(main)  # an error in one line, exit 2 (or 130/143 on Ctrl-C/SIGTERM), as the CLI

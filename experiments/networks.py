@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
+from pyro_vae.cli import script
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
 
@@ -92,4 +93,4 @@ def write_summary(args, log):
 
 
 if __name__ == "__main__":
-    main()
+    script(main)  # an error in one line, as the CLI ends

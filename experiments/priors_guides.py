@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
+from pyro_vae.cli import script
 from vae_fashion_mnist import RESULTS, machine  # noqa: E402 (same folder)
 
 CONFIGS = [  # (prior, guide, objective, particles)
@@ -92,4 +93,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script(main)  # an error in one line, as the CLI ends

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.cli import script
 from pyro_vae.runs.quadrants import redraw, run_quadrants
 
 HERE = Path(__file__).resolve().parent
@@ -93,4 +94,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script(main)  # an error in one line, as the CLI ends

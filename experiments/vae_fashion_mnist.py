@@ -21,6 +21,7 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.cli import script
 from pyro_vae.errors import counted
 
 RESULTS = Path(__file__).parent / "results"
@@ -112,4 +113,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script(main)  # an error in one line, as the CLI ends

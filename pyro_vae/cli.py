@@ -573,17 +573,41 @@ def main(argv=None):
             print(f"figures: {', '.join(str(p) for p in paths)}")
         elif args.command == "download":
             print(f"{args.dataset}: {download(args.dataset, args.dest)}")
-    except UserError as e:
-        say(f"pyro-vae: error: {one_line(e)}")
+    except ENDINGS as e:
+        return ending(e, "pyro-vae")
+    return 0
+
+
+ENDINGS = (UserError, MemoryError, RuntimeError, KeyboardInterrupt)  # RuntimeError: torch.OutOfMemoryError's base
+
+
+def ending(error, prog):
+    """The one line on stderr, and the exit status, that an error ends a command with: a UserError
+    (2), running out of memory (2, with what to shrink) or an interruption, Ctrl-C or SIGTERM (130
+    or the signal's status; train's message says what was kept). Anything else is raised again:
+    a bug keeps its traceback."""
+    import torch
+
+    if isinstance(error, UserError):
+        say(f"{prog}: error: {one_line(error)}")
         return 2
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        say(f"pyro-vae: error: out of memory ({one_line(e) or 'no detail'}); try a smaller --batch-size, "
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        say(f"{prog}: error: out of memory ({one_line(error) or 'no detail'}); try a smaller --batch-size, "
             f"--hidden or --max-batch")
         return 2
-    except KeyboardInterrupt as e:  # train's Interrupted (Ctrl-C) or Terminated (SIGTERM) says what was kept
-        say(f"pyro-vae: {one_line(e) or 'interrupted'}")
-        return getattr(e, "status", 130)
-    return 0
+    if isinstance(error, KeyboardInterrupt):
+        say(f"{prog}: {one_line(error) or 'interrupted'}")
+        return getattr(error, "status", 130)
+    raise error
+
+
+def script(main):
+    """Run an experiment script's `main()` and exit as the CLI does: an error it reports (a bad value,
+    a missing run directory, memory, Ctrl-C or SIGTERM) in one line named after the script."""
+    try:
+        main()
+    except ENDINGS as e:
+        sys.exit(ending(e, Path(sys.argv[0]).name))
 
 
 def one_line(error):

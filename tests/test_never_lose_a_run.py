@@ -361,3 +361,59 @@ def test_a_read_only_run_is_refused_before_the_scoring(trained, tmpfs, cli_error
     cli_error(["sample", str(disk / "run"), "--device", "cpu"], "read-only")
     cli_error(["train", "--resume", str(disk / "run"), "--epochs", "3", "--quiet"], "read-only")
     assert hashes(disk / "run") == before
+
+
+# --- the experiment scripts end as the CLI does ----------------------------------------------------
+
+EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("ae_vs_vae.py", []), ("m2.py", ["--name", "never-written"]), ("priors_guides.py", []), ("quadrants.py", []),
+    ("density_fashion_mnist.py", ["--name", "never-written", "--setups", "normal", "--seeds", "1"]),
+])
+def test_an_experiment_script_reports_a_bad_value_in_one_line(tmp_path, script, args):
+    """A user's mistake in a script's arguments ends as the CLI's do: one line naming the script,
+    exit 2, no traceback, and nothing under experiments/results changed."""
+    before = hashes(EXPERIMENTS / "results")
+    out = ["--runs" if script == "quadrants.py" else "--out", str(tmp_path / "out")]
+    child = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--dataset", "no-such-set", *out, *args],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert child.returncode == 2, child.stderr
+    assert child.stderr.count("\n") == 1 and child.stderr.startswith(f"{script}: error: unknown data set"), child.stderr
+    assert hashes(EXPERIMENTS / "results") == before
+
+
+def test_sigterm_ends_an_experiment_script_in_one_line_and_keeps_its_run(tmp_path):
+    """A scheduler's SIGTERM in the middle of a sweep: status 143, one line naming the resume
+    command, the run's checkpoint and metrics kept, nothing in the results changed."""
+    before = hashes(EXPERIMENTS / "results")
+    out = tmp_path / "runs"
+    child = subprocess.Popen([sys.executable, str(EXPERIMENTS / "density_fashion_mnist.py"), "--dataset", "digits",
+                              "--val-size", "0.2", "--setups", "normal", "--seeds", "1", "--epochs", "2000",
+                              "--out", str(out), "--name", "never-written"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    metrics = out / "normal-seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline and child.poll() is None, child.stderr.read() if child.poll() else ""
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143 and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("density_fashion_mnist.py: terminated (SIGTERM)"), err
+    assert f"--resume {out / 'normal-seed0'}" in err
+    done = load_checkpoint(out / "normal-seed0" / "checkpoint.pt")["epoch"]
+    assert done >= 1 and len(metrics.read_text().splitlines()) == done
+    assert hashes(EXPERIMENTS / "results") == before
+
+
+def test_a_bug_keeps_its_traceback_where_memory_and_mistakes_end_in_a_line(capsys):
+    from pyro_vae.cli import ending
+    with pytest.raises(RuntimeError, match="a bug"):
+        ending(RuntimeError("a bug"), "x.py")  # caught with out-of-memory's base class, raised again
+    assert ending(torch.OutOfMemoryError("CUDA out of memory"), "x.py") == 2
+    assert ending(UserError("bad\nvalue"), "x.py") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "x.py: error: out of memory (CUDA out of memory); try a smaller --batch-size, --hidden or --max-batch",
+        "x.py: error: bad value"]
