@@ -242,7 +242,7 @@ def curve_bands(panels, path, title, ylabel, start=1, each=False, whole=False):
             if each:
                 for i, r in enumerate(runs):
                     ax.plot(epochs[:len(r)], r, color=f"C{k % 10}", lw=0.8, alpha=0.85,
-                            label=f"{name} ({counted(len(runs), 'seed')}; dot: best epoch)" if i == 0 else None)
+                            label=f"{name} ({counted(len(runs), 'seed')}; dot: its highest)" if i == 0 else None)
                     ax.plot(start + int(np.argmax(r)), max(r), "o", color=f"C{k % 10}", ms=4)
                 continue
             ax.plot(epochs, [np.mean(v) for v in stacked], color=f"C{k % 10}", label=f"{name} ({counted(len(runs), 'seed')})")
