@@ -321,4 +321,4 @@ def write_table(args, log):
 
 
 if __name__ == "__main__":
-    script(main)  # an error in one line, exit 2 (or 130/143 on Ctrl-C/SIGTERM), as the CLI
+    script(main)  # an error in one line, exit 2 (or 130/143 on Ctrl-C/SIGTERM), as the CLI ends

@@ -573,12 +573,16 @@ def main(argv=None):
             print(f"figures: {', '.join(str(p) for p in paths)}")
         elif args.command == "download":
             print(f"{args.dataset}: {download(args.dataset, args.dest)}")
-    except ENDINGS as e:
+    except endings() as e:
         return ending(e, "pyro-vae")
     return 0
 
 
-ENDINGS = (UserError, MemoryError, RuntimeError, KeyboardInterrupt)  # RuntimeError: torch.OutOfMemoryError's base
+def endings():
+    """The errors a command ends with in one line (`ending`); torch is imported once a command runs."""
+    import torch
+
+    return UserError, MemoryError, torch.OutOfMemoryError, KeyboardInterrupt
 
 
 def ending(error, prog):
@@ -606,7 +610,7 @@ def script(main):
     a missing run directory, memory, Ctrl-C or SIGTERM) in one line named after the script."""
     try:
         main()
-    except ENDINGS as e:
+    except endings() as e:
         sys.exit(ending(e, Path(sys.argv[0]).name))
 
 

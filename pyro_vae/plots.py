@@ -288,8 +288,9 @@ FORMATS = ("png", "pdf", "svg")
 
 
 def save(fig, path, dpi=110, pad=None, caption=None):
-    """Lay out (tick labels as the values themselves, no offset), write (atomically: a link at `path` is replaced, not followed) and close a
-    figure; the format is the path's suffix; a `caption` goes below the panels. Returns the path."""
+    """Lay out (tick labels as the values themselves, no offset), write (atomically: a link at
+    `path` is replaced, not followed) and close a figure; the format is the path's suffix; a
+    `caption` goes below the panels. Returns the path."""
     path = Path(path)
     try:
         for ax in fig.axes:  # -226.24 reads as itself, never as 0.02 under a corner's "-2.262e2"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,18 +139,21 @@ def test_checkpoint_and_metrics_replace_a_symlink_too(run, tmp_path):
 
 # --- SIGTERM (a scheduler's notice) ------------------------------------------------------------------
 
-def sigterm_run(out, grace, epochs=400):
-    child = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", str(epochs),
-                              "--out", str(out), "--grace", str(grace)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 60
+def sigterm_after_an_epoch(command, metrics, wait=60, **popen):
+    """Start `command`, send it SIGTERM once `metrics` holds an epoch; (exit status, stderr)."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + wait
     while not (metrics.exists() and metrics.read_text().strip()):
-        assert time.monotonic() < deadline and child.poll() is None
+        assert time.monotonic() < deadline and child.poll() is None, child.stderr.read() if child.poll() else ""
         time.sleep(0.02)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=60)
     return child.returncode, err
+
+
+def sigterm_run(out, grace, epochs=400):
+    return sigterm_after_an_epoch([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", str(epochs),
+                                   "--out", str(out), "--grace", str(grace)], out / "metrics.jsonl")
 
 
 def test_sigterm_keeps_the_last_epoch_and_resumes_bitwise(tmp_path):
@@ -365,7 +369,7 @@ def test_a_read_only_run_is_refused_before_the_scoring(trained, tmpfs, cli_error
 
 # --- the experiment scripts end as the CLI does ----------------------------------------------------
 
-EXPERIMENTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.mark.parametrize("script, args", [
@@ -389,18 +393,12 @@ def test_sigterm_ends_an_experiment_script_in_one_line_and_keeps_its_run(tmp_pat
     command, the run's checkpoint and metrics kept, nothing in the results changed."""
     before = hashes(EXPERIMENTS / "results")
     out = tmp_path / "runs"
-    child = subprocess.Popen([sys.executable, str(EXPERIMENTS / "density_fashion_mnist.py"), "--dataset", "digits",
-                              "--val-size", "0.2", "--setups", "normal", "--seeds", "1", "--epochs", "2000",
-                              "--out", str(out), "--name", "never-written"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     metrics = out / "normal-seed0" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().strip()):
-        assert time.monotonic() < deadline and child.poll() is None, child.stderr.read() if child.poll() else ""
-        time.sleep(0.05)
-    child.send_signal(signal.SIGTERM)
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == 143 and "Traceback" not in err, err
+    code, err = sigterm_after_an_epoch([sys.executable, str(EXPERIMENTS / "density_fashion_mnist.py"), "--dataset",
+                                        "digits", "--val-size", "0.2", "--setups", "normal", "--seeds", "1", "--epochs",
+                                        "2000", "--out", str(out), "--name", "never-written"], metrics, wait=120,
+                                       cwd=tmp_path)
+    assert code == 143 and "Traceback" not in err, err
     assert err.count("\n") == 1 and err.startswith("density_fashion_mnist.py: terminated (SIGTERM)"), err
     assert f"--resume {out / 'normal-seed0'}" in err
     done = load_checkpoint(out / "normal-seed0" / "checkpoint.pt")["epoch"]
@@ -411,7 +409,7 @@ def test_sigterm_ends_an_experiment_script_in_one_line_and_keeps_its_run(tmp_pat
 def test_a_bug_keeps_its_traceback_where_memory_and_mistakes_end_in_a_line(capsys):
     from pyro_vae.cli import ending
     with pytest.raises(RuntimeError, match="a bug"):
-        ending(RuntimeError("a bug"), "x.py")  # caught with out-of-memory's base class, raised again
+        ending(RuntimeError("a bug"), "x.py")  # out of memory's base class, not out of memory: raised again
     assert ending(torch.OutOfMemoryError("CUDA out of memory"), "x.py") == 2
     assert ending(UserError("bad\nvalue"), "x.py") == 2
     assert capsys.readouterr().err.splitlines() == [
