@@ -25,6 +25,8 @@ become one opaque custom op first (`nets.opaque_onednn_products`).
 """
 
 import functools
+import math
+import operator
 import sys
 import time
 
@@ -51,6 +53,7 @@ class CapturedStep:
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.graphs = {}
+        self.relayout = {}  # per shape: which gradients come out of the graph laid out unlike their parameter
         self.seen = set()  # shapes stepped once: a shape is captured on its second step
         self.seconds = 0.0  # spent capturing (and compiling) graphs, for the run log and the benchmark
 
@@ -79,8 +82,12 @@ class CapturedStep:
             self.seconds += time.perf_counter() - start
         with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
             out = graph(*self.params, *args)  # [loss, *gradients]
-        for p, g in zip(self.params, out[1:]):
-            p.grad = g
+        relayout = self.relayout.get(k)
+        if relayout is None:  # a gradient not laid out as its parameter (an expanded tensor of ones, say)
+            relayout = self.relayout[k] = [g.stride() != p.stride() for p, g in zip(self.params, out[1:])]
+        for p, g, copy in zip(self.params, out[1:], relayout):
+            # as autograd's accumulation does: a gradient the optimizer (or clipping) may write in place
+            p.grad = torch.empty_like(p).copy_(g) if copy else g
         return out[0]
 
     def compile(self, graph, args):
@@ -136,6 +143,7 @@ def lean(graph, args):
     (`OpOverload._op`, in a C-level `functools.partial` that torch.fx can name) instead of through
     `OpOverload.__call__`'s Python frame. The same operators on the same values in the same order,
     so the same bits."""
+    fold_shape_constants(graph)
     graph.graph.eliminate_dead_code()
     if all(torch.is_tensor(a) for a in args):
         graph.graph._codegen = CodeGen()
@@ -146,3 +154,112 @@ def lean(graph, args):
             node.target = call
     graph.recompile()
     return graph
+
+
+# factories whose values are not defined (an in-place draw or write fills them): never folded
+_UNDEFINED = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+def fold_shape_constants(graph):
+    """Compute once, at capture, the values of `graph` that depend on no input's value: a factory
+    (`ones_like(x)`, `full(...)`) and whatever is computed from such values alone. The gradient of
+    the loss starts from `ones_like(loss)`, and a standard prior's scale is `ones_like(...)`: a few
+    dozen operators of every step (negations, expansions, views and divisions of those ones) that
+    give the same tensor each time. Each step then reads the tensor: the same values, so the same
+    bits. A tensor the graph holds (`get_attr`) is never folded by value, only read for its shape,
+    since it may be written in place between steps (the ramped KL weight); nor is a random draw, an
+    operator that writes in place, or a value the graph returns (a gradient the optimizer may scale
+    in place). Returns the number of operators folded."""
+    nodes = list(graph.graph.nodes)
+    values = {}
+    for node in nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is operator.getitem and node.args[0] in values:
+            values[node] = values[node.args[0]][node.args[1]]
+            continue
+        op = node.target
+        if (not isinstance(op, torch._ops.OpOverload) or op._schema.is_mutable
+                or torch.Tag.nondeterministic_seeded in op.tags or op._schema.name.split("::")[-1] in _UNDEFINED):
+            continue
+        args, kwargs = node.args, node.kwargs
+        if op._schema.name.endswith("_like") and args and isinstance(args[0], torch.fx.Node) and args[0] not in values:
+            # reads its input's shape, dtype, device and strides, not its values
+            val = getattr(graph, args[0].target) if args[0].op == "get_attr" else args[0].meta.get("val")
+            if args[0].op == "placeholder" or not isinstance(val, torch.Tensor):
+                continue  # an argument's strides may differ from call to call
+            like = torch.empty_strided(val.shape, val.stride(), dtype=val.dtype, device=val.device)
+            args = (like, *args[1:])
+        inputs = []
+        torch.fx.node.map_arg((args, kwargs), inputs.append)
+        if all(i in values for i in inputs):
+            with torch.no_grad():
+                values[node] = op(*torch.fx.node.map_arg(args, values.get), **torch.fx.node.map_arg(kwargs, values.get))
+
+    def aliases_folded(node):  # whether the value of `node` is, or is a view of, a folded one
+        while node not in values:
+            if not (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+                    and node.target.is_view and node.args and isinstance(node.args[0], torch.fx.Node)):
+                return False
+            node = node.args[0]
+        return True
+
+    written = []  # what the graph writes in place (a draw into a fresh tensor) and what it returns
+    for node in nodes:
+        if node.op == "output" or (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+                                   and node.target._schema.is_mutable):
+            torch.fx.node.map_arg((node.args, node.kwargs), written.append)
+    if any(aliases_folded(n) for n in written):
+        return 0
+    folded = 0
+    for node in nodes:
+        if node in values and any(u not in values for u in node.users):
+            if not isinstance(values[node], torch.Tensor):
+                return 0  # (a list read by an operator that is not folded: not met in the graphs seen)
+            name = f"_folded_{folded}"
+            graph.register_buffer(name, values[node], persistent=False)
+            with graph.graph.inserting_before(node):
+                constant = graph.graph.get_attr(name)
+            node.replace_all_uses_with(constant)
+            drop_identity_operations(graph, constant, values[node], written)
+            folded += 1
+    if not folded:
+        return 0
+    graph.graph.eliminate_dead_code()
+    read = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name in [b for b, _ in graph.named_buffers() if b.startswith("_folded_") and b not in read]:
+        delattr(graph, name)  # a constant that only an identity operation read
+    return sum(1 for n in values if n.op == "call_function")
+
+
+def drop_identity_operations(graph, constant, value, keep):
+    """Where `constant` (a folded get_attr node) holds one value throughout, the operators that
+    leave their other operand as it was, exactly, in every float: `x * 1`, `x / 1` and `x - (+0)`
+    read as `x`, and `x * -1` as `-x` (one fewer full-size operator: the gradient of a Bernoulli
+    likelihood is multiplied by a tensor of ones on every step). Not `x + 0`, which turns -0 into
+    +0. An operator whose value the graph returns or writes in place (`keep`) stays, so no two
+    outputs share a tensor."""
+    if value.numel() == 0 or not bool((value == value.reshape(-1)[0]).all()):
+        return
+    c = value.reshape(-1)[0].item()
+    aten = torch.ops.aten
+    for user in list(constant.users):
+        if user in keep or not isinstance(user.target, torch._ops.OpOverload) or user.kwargs:
+            continue
+        args = user.args
+        if len(args) != 2 or constant not in args or not all(isinstance(a, torch.fx.Node) for a in args):
+            continue
+        x = args[1] if args[0] is constant else args[0]
+        out, seen = user.meta.get("val"), x.meta.get("val")
+        if not (isinstance(out, torch.Tensor) and isinstance(seen, torch.Tensor) and out.shape == seen.shape
+                and out.dtype == seen.dtype == value.dtype):
+            continue
+        op = user.target
+        if (op == aten.mul.Tensor and c == 1) or (op == aten.div.Tensor and args[1] is constant and c == 1) or (
+                op == aten.sub.Tensor and args[1] is constant and c == 0 and not math.copysign(1, c) < 0):
+            user.replace_all_uses_with(x)
+        elif op == aten.mul.Tensor and c == -1:
+            with graph.graph.inserting_before(user):
+                neg = graph.graph.call_function(aten.neg.default, (x,))
+            neg.meta = dict(user.meta)
+            user.replace_all_uses_with(neg)

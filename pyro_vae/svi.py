@@ -46,7 +46,8 @@ class Callback:
         """Before the first epoch of this call: `steps` batches per epoch, up to epoch `epochs`."""
 
     def on_step_end(self, trainer, epoch, step, steps):
-        """After each optimizer step (keep it cheap: `trainer.epoch_loss` lives on the device)."""
+        """After each optimizer step (keep it cheap: `trainer.epoch_loss`, the sum of the epoch's
+        losses so far, is a tensor on the device, summed when read: read it now and then)."""
 
     def on_epoch_end(self, trainer, metrics):
         """After each epoch's validation; `metrics` is the entry just added to `trainer.history`.
@@ -180,7 +181,7 @@ class Trainer:
         self.binarize = BINARIZATIONS[one_of("binarization", binarization, BINARIZATIONS)]
         self.captured, self.capture_note = self.choose_capture(compile)
         self.stop_reason = None  # a callback sets it (e.g. early stopping) to end training after this epoch
-        self.epoch_loss = None
+        self.step_losses = []  # this epoch's losses, one device tensor per step, summed at its end
         self.batch_size = None
         # which library runs each large CPU product, timed on first use (nets.ProductChoices): the
         # run's own, so a checkpoint records them and a resumed run orders its sums as before. Under
@@ -240,6 +241,9 @@ class Trainer:
             raise BadValue("the training split is empty: nothing to train on")
         self.batch_size = batch_size
         inputs = self.inputs or (lambda images, labels: model_inputs(self.model, images, labels, data.n_classes))
+        # the model reads the images alone (the default inputs of an unconditional model): no labels gathered
+        images_only = (self.inputs is None and not hasattr(self.model, "inputs")
+                       and not getattr(self.model, "conditional", True))
         self._apart = None  # the examples that get batches of their own
         if self.labelled_batches == "separate" and getattr(data, "labelled", None) is not None:
             self._apart = torch.zeros(n, dtype=torch.bool, device=x_train.device)
@@ -253,7 +257,7 @@ class Trainer:
             # denormals: the VampPrior's first epochs ran 3x slower on them (nets.py)
             with flush_denormals(), choosing_products(self.products):
                 while self.epoch < epochs and self.stop_reason is None:
-                    metrics = self._epoch(data, inputs, steps, callbacks)
+                    metrics = self._epoch(data, inputs, steps, callbacks, images_only)
                     self.epoch += 1
                     self.history.append(metrics)
                     for c in callbacks:
@@ -263,44 +267,64 @@ class Trainer:
                 c.on_train_end(self)
         return self.history
 
-    def _epoch(self, data, inputs, steps, callbacks):
+    @property
+    def epoch_loss(self):
+        """The sum of this epoch's training losses so far (nats, over the examples seen), a tensor on
+        the device, or None before the first step."""
+        return torch.stack(self.step_losses).sum() if self.step_losses else None
+
+    def _epoch(self, data, inputs, steps, callbacks, images_only=False):
         epoch = self.epoch + 1
         x_train, y_train = data.splits["train"]
         n, device = len(x_train), x_train.device
         self.model.train()
         start = time.perf_counter()
-        self.epoch_loss = torch.zeros((), device=device)
-        # the first step whose loss was not finite (`steps`: none), kept on the device and read
-        # once per epoch, so the check costs no host synchronisation per step
-        first_bad = torch.full((), steps, dtype=torch.long, device=device)
+        # each step's loss (and clipped gradient norm) stays on the device, kept in a list: whether
+        # they were finite, and their sum, are read once, at the epoch's end (no host read, and no
+        # operator, per step)
+        self.step_losses, norms, broke_at = [], [], None
         order = (batches(n, self.batch_size, device=device) if self._apart is None else
                  batches_apart(self._apart, self.batch_size, device=device))
+        sharded = distributed.world_size() > 1
         for step, idx in enumerate(order):
-            x = self.binarize(x_train[idx]) if data.binarized else x_train[idx]
-            y = y_train[idx]
-            if distributed.world_size() > 1:  # binarized as a whole first: the bits do not depend on the processes
+            x = x_train.index_select(0, idx)  # the rows (x_train[idx] gathers them 3x slower on the CPU)
+            if data.binarized:
+                x = self.binarize(x)
+            y = None if images_only else y_train[idx]
+            if sharded:  # binarized as a whole first: the bits do not depend on the processes
                 part = distributed.shard(len(idx))
-                x, y = x[part], y[part]
+                x, y = x[part], None if y is None else y[part]
             if self.warmup_epochs:
                 self.kl_weight.weight.fill_(self.beta * min(1.0, ((epoch - 1) * steps + step + 1)
                                                             / (self.warmup_epochs * steps)))
-            args = inputs(x, y)
+            args = (x,) if images_only else inputs(x, y)
             # Pyro's argument and support checks cost time on every step: run them on the first step
             # of the run (unless they are switched off), which is enough to catch a malformed model or guide.
             validate, self._first_step = self._first_step and is_validation_enabled(), False
             try:
-                loss, finite = self._step(args, validate)
+                loss, norm = self._step(args, validate)
             except (ValueError, RuntimeError):
                 if not self._numerically_broken(args):
                     raise  # a malformed model or guide: Pyro's or torch's own message stands
-                first_bad.clamp_(max=step)
+                broke_at = step
                 break
-            first_bad = torch.where(finite | (first_bad < steps), first_bad, step)
-            self.epoch_loss += loss
+            self.step_losses.append(loss)
+            if norm is not None:
+                norms.append(norm)
             for c in callbacks:
                 c.on_step_end(self, epoch, step, steps)
-        distributed.all_sum(self.epoch_loss)
-        train_elbo = -self.epoch_loss.item() / n  # the one host read of the epoch; on a GPU it waits for the last step
+        losses = torch.stack(self.step_losses) if self.step_losses else torch.zeros(0, device=device)
+        finite = torch.isfinite(losses)
+        if norms:
+            finite &= torch.isfinite(torch.stack(norms))
+        # the first step whose loss (or gradient norm) was not finite; `steps`: none
+        first_bad = torch.where(finite, steps, torch.arange(len(finite), device=device)).amin() if len(finite) \
+            else torch.tensor(steps, device=device)
+        if broke_at is not None:
+            first_bad.clamp_(max=broke_at)
+        epoch_loss = losses.sum()
+        distributed.all_sum(epoch_loss)
+        train_elbo = -epoch_loss.item() / n  # the epoch's host read; on a GPU it waits for the last step
         seconds = time.perf_counter() - start
         bad = distributed.all_min(first_bad).item()
         if bad < steps:
@@ -320,30 +344,29 @@ class Trainer:
         return {**metrics, "seconds": seconds}
 
     def _step(self, args, validate):
-        """One optimizer step: (the detached loss, whether it and the gradient were finite), on the device."""
+        """One optimizer step: (the detached loss, the gradient's norm before clipping or None where
+        not clipped), on the device."""
         loss = None
-        with pyro.validation_enabled(validate):
-            if self.captured is not None and not validate:  # the first, checked step runs eagerly
-                try:
-                    loss = self.captured(*args)  # sets every gradient; None: a shape's first step, which runs eagerly
-                except CaptureFailed as e:
-                    self.captured = None
-                    self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
-                    if self.compile != "auto":  # asked for: said now (auto says it in the run log)
-                        print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
-                    return self._step(args, validate)
-            if loss is None:  # the eager step
+        if self.captured is not None and not validate:  # the first, checked step runs eagerly
+            try:
+                loss = self.captured(*args)  # sets every gradient; None: a shape's first step, which runs eagerly
+            except CaptureFailed as e:
+                self.captured = None
+                self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
+                if self.compile != "auto":  # asked for: said now (auto says it in the run log)
+                    print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
+                return self._step(args, validate)
+        if loss is None:  # the eager step, Pyro's checks on as asked (the captured graph runs no Pyro)
+            with pyro.validation_enabled(validate):
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.differentiable:
                     loss = self.loss_fn(*args)
                     distributed.backward(loss)  # loss.backward(); under DDP the whole batch's gradient
                 else:
                     loss = torch.tensor(self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *args))
-        finite = torch.isfinite(loss)
-        if self.clip_grad:
-            finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad) if self.clip_grad else None
         adam_step(self.optimizer)
-        return loss.detach(), finite
+        return loss.detach(), norm
 
     @torch.no_grad()
     def _numerically_broken(self, args):

@@ -112,6 +112,79 @@ def test_the_lean_graph_drops_dead_operators_but_keeps_every_draw(digits):
     assert unread == ["aten_rand_default"]  # the draw only: the product and sum are gone
 
 
+def captured_graph(model, loss_fn, x):
+    loss_fn(x)  # registers the modules with Pyro, as the trainer's first (eager, checked) step does
+    step = CapturedStep(model, loss_fn)
+    step(x)
+    step(x)
+    return step, next(iter(step.graphs.values()))
+
+
+def test_values_that_depend_on_no_input_are_computed_once_at_capture(digits):
+    """The gradient's seed `ones_like(loss)`, the standard prior's `ones_like` scale and what is
+    computed from them alone are folded into tensors the graph holds; `x * 1` and `x * -1` on such a
+    tensor are read as `x` and `-x`. Fewer operators per step, the same bits."""
+    torch.manual_seed(0)
+    model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+    elbo = pyro_vae.make_elbo("trace")
+    x = torch.bernoulli(digits.splits["train"][0][:20])
+    loss_fn = lambda x: elbo.differentiable_loss(model.model, model.guide, x)  # noqa: E731
+    step, graph = captured_graph(model, loss_fn, x)
+    raw = step.capture((x,))  # the same loss recorded again, nothing folded
+    operators = lambda g: [n for n in g.graph.nodes if n.op == "call_function"]  # noqa: E731
+    names = [str(n.target) for n in operators(graph)]
+    assert not any("ones_like" in name for name in names)
+    assert len(operators(graph)) <= len(operators(raw)) - 20
+    held = dict(graph.named_buffers())
+    assert held and all(name.startswith("_folded_") or name.startswith("_tensor_constant") for name in held)
+    for node in operators(graph):  # no product with a folded tensor of ones or minus ones is left
+        for arg in node.args:
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and "mul" in str(node.target):
+                assert not bool((held[arg.target].abs() == 1).all()), node
+    torch.manual_seed(5)
+    folded = step(x).item(), [p.grad.clone() for p in step.params]
+    torch.manual_seed(5)
+    with torch.no_grad():
+        out = raw(*step.params, x)
+    assert folded[0] == out[0].item() and all(torch.equal(g, e) for g, e in zip(folded[1], out[1:]))
+
+
+def test_a_gradient_that_depends_on_no_input_is_not_folded_into_a_shared_tensor(digits):
+    """A parameter whose gradient is the same every step (here d/dw of w.sum(): ones) gets a fresh
+    tensor each step: clipping scales gradients in place, which must not change the next step's."""
+    torch.manual_seed(0)
+    model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+    model.offset = torch.nn.Parameter(torch.zeros(4))
+    elbo = pyro_vae.make_elbo("trace")
+    x = torch.bernoulli(digits.splits["train"][0][:20])
+    loss_fn = lambda x: elbo.differentiable_loss(model.model, model.guide, x) + model.offset.sum()  # noqa: E731
+    step, graph = captured_graph(model, loss_fn, x)
+    offset = step.names.index("offset")
+    step(x)
+    first = step.params[offset].grad
+    assert torch.equal(first, torch.ones(4))
+    first.mul_(0.25)  # as clip_grad_norm_ does
+    step(x)
+    assert torch.equal(step.params[offset].grad, torch.ones(4)) and step.params[offset].grad is not first
+
+
+def test_a_held_tensor_written_between_steps_is_read_every_step_not_folded(digits):
+    """A tensor the loss reads that the caller writes in place (the ramped KL weight) is never
+    folded, even where an operator on it looks constant: `ones_like(w) * w`."""
+    torch.manual_seed(0)
+    model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+    elbo = pyro_vae.make_elbo("trace")
+    w = torch.tensor(1.0)
+    x = torch.bernoulli(digits.splits["train"][0][:20])
+    loss_fn = lambda x: elbo.differentiable_loss(model.model, model.guide, x) * (torch.ones_like(w) * w)  # noqa: E731
+    step, graph = captured_graph(model, loss_fn, x)
+    torch.manual_seed(5)
+    one = step(x).item()
+    w.fill_(3.0)
+    torch.manual_seed(5)
+    assert step(x).item() == pytest.approx(3 * one, rel=1e-6)
+
+
 def test_what_cannot_be_captured_runs_eagerly_and_says_why(small_digits, capsys):
     torch.manual_seed(0)
     m2 = pyro_vae.build_model("m2", small_digits.x_dim, small_digits.n_classes, z_dim=3, hidden=16)

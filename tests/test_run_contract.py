@@ -180,6 +180,51 @@ def test_nan_weights_are_a_divergence_found_from_the_numbers(tiny_digits):
         pyro_vae.fit(model, tiny_digits, epochs=1, batch_size=16, progress=False)
 
 
+@pytest.mark.parametrize("bad_losses, bad_norms, first", [
+    ({3: float("nan")}, {}, 4),  # a loss: named by its step, counted from 1
+    ({4: float("inf")}, {1: float("inf")}, 2),  # a gradient norm, before a bad loss: the earlier
+    ({0: float("-inf"), 5: float("nan")}, {}, 1),
+    ({}, {5: float("nan")}, 6),  # the epoch's last step
+])
+def test_the_first_step_whose_loss_or_gradient_norm_was_not_finite_is_named(bad_losses, bad_norms, first):
+    """Each step's loss and clipped gradient norm stay on the device and are checked once, at the
+    epoch's end; the step named is the first bad one, whichever of the two it was."""
+    data = pyro_vae.load_dataset("digits", train_size=96)  # 6 steps of 16
+    trainer = Trainer(pyro_vae.build_model("vae", data.x_dim, z_dim=2, hidden=8), clip_grad=10.0)
+    real, seen = trainer._step, []
+
+    def step(args, validate):
+        loss, norm = real(args, validate)
+        i = len(seen)
+        seen.append(i)
+        return (torch.tensor(bad_losses.get(i, loss.item())), torch.tensor(bad_norms.get(i, norm.item())))
+
+    trainer._step = step
+    with pytest.raises(Diverged, match=rf"epoch 1, step {first} of 6$"):
+        trainer.run(data, 1, 16)
+    assert len(seen) == 6  # no host read stopped the epoch early: the check is at its end
+
+
+def test_the_epoch_elbo_is_the_sum_of_its_step_losses():
+    data = pyro_vae.load_dataset("digits", train_size=96)
+    trainer = Trainer(pyro_vae.build_model("cvae2", data.x_dim, data.n_classes, z_dim=2, hidden=8))
+    real, losses = trainer._step, []
+
+    def step(args, validate):
+        assert len(args) == 2 and args[1].shape == (16, data.n_classes)  # the labels, one-hot, for a cvae
+        loss, norm = real(args, validate)
+        losses.append(loss.item())
+        assert norm is None  # no clipping asked for
+        return loss, norm
+
+    trainer._step = step
+    seen = []
+    trainer.run(data, 1, 16, callbacks=[type("Peek", (Callback,), {
+        "on_step_end": lambda self, t, epoch, i, steps: seen.append(t.epoch_loss.item())})()])
+    assert trainer.history[-1]["train_elbo"] == pytest.approx(-sum(losses) / 96, rel=1e-6)
+    assert seen == pytest.approx([sum(losses[:i + 1]) for i in range(6)], rel=1e-6)  # the running sum
+
+
 def test_cli_refuses_a_run_whose_part_no_longer_imports(tmp_path, my_parts, capsys):
     run = pyro_vae.train(out=tmp_path / "run", progress=False, prior=my_parts.LaplacePrior, **SMALL)
     config = json.loads((run / "config.json").read_text())
