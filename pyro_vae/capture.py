@@ -12,7 +12,11 @@ graph whose inputs are the parameters and the batch, and then replays that graph
 - little Python of the graph's own (`lean`): operators nothing reads (make_fx keeps a few) are
   dropped, the inputs are not flattened by torch's pytree on every call, and each operator is
   called as torch's C function without the Python frame of `torch.ops.aten.*`
-  (experiments/lean_step.py measures it; experiments/results/benchmark.md, tenth round).
+  (experiments/lean_step.py measures it; experiments/results/benchmark.md, tenth round);
+- no work that gives the same tensor every step: values that depend on no input's value (the
+  gradient's seed `ones_like(loss)`, a standard prior's scale, what follows from them alone) are
+  computed once, at capture, and `x * 1` on them is read as `x` (`fold_shape_constants`;
+  experiments/step_bookkeeping.py, benchmark.md's twelfth round).
 
 Where a loss cannot be captured (a host read such as `int(mask.sum())`, data-dependent Python)
 it says why and the eager step is used. A tensor the loss reads that is neither a parameter nor an
@@ -141,8 +145,9 @@ def lean(graph, args):
     inputs taken as they come, one placeholder each, where every argument is a tensor, instead of
     flattened by torch's pytree on every call; and each ATen operator called as torch's C function
     (`OpOverload._op`, in a C-level `functools.partial` that torch.fx can name) instead of through
-    `OpOverload.__call__`'s Python frame. The same operators on the same values in the same order,
-    so the same bits."""
+    `OpOverload.__call__`'s Python frame; and the values that depend on no input computed once
+    (`fold_shape_constants`). The same operators on the same values in the same order, so the same
+    bits."""
     fold_shape_constants(graph)
     graph.graph.eliminate_dead_code()
     if all(torch.is_tensor(a) for a in args):
@@ -239,8 +244,9 @@ def drop_identity_operations(graph, constant, value, keep):
     likelihood is multiplied by a tensor of ones on every step). Not `x + 0`, which turns -0 into
     +0. An operator whose value the graph returns or writes in place (`keep`) stays, so no two
     outputs share a tensor."""
-    if value.numel() == 0 or not bool((value == value.reshape(-1)[0]).all()):
-        return
+    signs = torch.signbit(value)
+    if value.numel() == 0 or not bool((value == value.reshape(-1)[0]).all()) or bool(signs.any() != signs.all()):
+        return  # not one value (+0 and -0 are two here)
     c = value.reshape(-1)[0].item()
     aten = torch.ops.aten
     for user in list(constant.users):

@@ -313,13 +313,14 @@ class Trainer:
                 norms.append(norm)
             for c in callbacks:
                 c.on_step_end(self, epoch, step, steps)
-        losses = torch.stack(self.step_losses) if self.step_losses else torch.zeros(0, device=device)
+        # (an ELBO with no differentiable loss gives its losses as host numbers)
+        losses = torch.stack(self.step_losses).to(device) if self.step_losses else torch.zeros(0, device=device)
         finite = torch.isfinite(losses)
         if norms:
-            finite &= torch.isfinite(torch.stack(norms))
-        # the first step whose loss (or gradient norm) was not finite; `steps`: none
-        first_bad = torch.where(finite, steps, torch.arange(len(finite), device=device)).amin() if len(finite) \
-            else torch.tensor(steps, device=device)
+            finite &= torch.isfinite(torch.stack(norms).to(device))
+        # the first step whose loss (or gradient norm) was not finite, or that raised; `steps`: none
+        step_numbers = torch.arange(len(finite), device=device)
+        first_bad = torch.where(finite, steps, step_numbers).amin() if len(finite) else torch.tensor(steps, device=device)
         if broke_at is not None:
             first_bad.clamp_(max=broke_at)
         epoch_loss = losses.sum()
