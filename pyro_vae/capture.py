@@ -87,12 +87,24 @@ class CapturedStep:
         with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
             out = graph(*self.params, *args)  # [loss, *gradients]
         relayout = self.relayout.get(k)
-        if relayout is None:  # a gradient not laid out as its parameter (an expanded tensor of ones, say)
-            relayout = self.relayout[k] = [g.stride() != p.stride() for p, g in zip(self.params, out[1:])]
+        if relayout is None:
+            relayout = self.relayout[k] = self.to_copy(graph, out)
         for p, g, copy in zip(self.params, out[1:], relayout):
             # as autograd's accumulation does: a gradient the optimizer (or clipping) may write in place
             p.grad = torch.empty_like(p).copy_(g) if copy else g
         return out[0]
+
+    def to_copy(self, graph, out):
+        """Which of the gradients `graph` returned (`out[1:]`) must be copied before they are handed to
+        the optimizer, which (or clipping) may write them in place: one not laid out as its parameter
+        (an expanded tensor of ones, say), and one whose memory another output, a parameter or a
+        tensor the graph holds also uses (a gradient that is a view of another, or of a folded value).
+        Decided on a shape's first replay: the graph lays its outputs out the same way every time."""
+        def storage(t):
+            return t.untyped_storage().data_ptr() if t.numel() else None
+        used = [storage(t) for t in (*out, *self.params, *getattr(graph, "buffers", tuple)())]
+        return [g.stride() != p.stride() or (storage(g) is not None and used.count(storage(g)) > 1)
+                for p, g in zip(self.params, out[1:])]
 
     def compile(self, graph, args):
         """The captured graph compiled by Inductor (fused kernels), drawing its random numbers with
@@ -220,7 +232,7 @@ def fold_shape_constants(graph):
     for node in nodes:
         if node in values and any(u not in values for u in node.users):
             if not isinstance(values[node], torch.Tensor):
-                return 0  # (a list read by an operator that is not folded: not met in the graphs seen)
+                continue  # a list (split's) read as it is: computed every step, from what it reads
             name = f"_folded_{folded}"
             graph.register_buffer(name, values[node], persistent=False)
             with graph.graph.inserting_before(node):

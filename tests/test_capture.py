@@ -168,6 +168,25 @@ def test_a_gradient_that_depends_on_no_input_is_not_folded_into_a_shared_tensor(
     assert torch.equal(step.params[offset].grad, torch.ones(4)) and step.params[offset].grad is not first
 
 
+def test_gradients_that_share_memory_are_handed_over_apart(digits):
+    """Two scalar parameters added to the loss get the same gradient, which the graph may return as
+    two views of one tensor of ones: each must get its own, or scaling one in place (as clipping
+    does) would scale the other."""
+    torch.manual_seed(0)
+    model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+    model.a, model.b = torch.nn.Parameter(torch.tensor(0.0)), torch.nn.Parameter(torch.tensor(0.0))
+    elbo = pyro_vae.make_elbo("trace")
+    x = torch.bernoulli(digits.splits["train"][0][:20])
+    loss_fn = lambda x: elbo.differentiable_loss(model.model, model.guide, x) + model.a + model.b  # noqa: E731
+    step, graph = captured_graph(model, loss_fn, x)
+    for _ in range(2):
+        step(x)
+        a, b = (step.params[step.names.index(n)].grad for n in ("a", "b"))
+        assert a.item() == b.item() == 1.0
+        a.mul_(0.5)
+        assert b.item() == 1.0 and a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+
+
 def test_a_held_tensor_written_between_steps_is_read_every_step_not_folded(digits):
     """A tensor the loss reads that the caller writes in place (the ramped KL weight) is never
     folded, even where an operator on it looks constant: `ones_like(w) * w`."""
