@@ -318,8 +318,10 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         try:
             while not server.stop.is_set():
                 if mode == "endless":
-                    self.wfile.write(bytes(1 << 16))
+                    # counted before the write: the client may read this chunk and the test look at
+                    # the count before this thread runs again
                     server.sent[mode] = server.sent.get(mode, 0) + (1 << 16)
+                    self.wfile.write(bytes(1 << 16))
                 elif mode == "trickle":
                     self.wfile.write(b"\0")
                     self.wfile.flush()
