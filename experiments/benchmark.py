@@ -255,6 +255,19 @@ def paired_interval(a, b):
     return math.exp(mean - half), math.exp(mean + half)
 
 
+
+def paired_summary(a, b, label):
+    """One line on the epochs' ratios a[i] / b[i]: median, quartiles, and the geometric mean with
+    its 95% interval (`paired_interval`), headed `label` (e.g. "now / before")."""
+    ratios = sorted(x / y for x, y in zip(a, b))
+    n = len(ratios)
+    low, high = paired_interval(a, b)
+    geometric = math.exp(statistics.mean(math.log(r) for r in ratios))
+    return (f"{label} per epoch: median {statistics.median(ratios):.3f}, quartiles "
+            f"{ratios[n // 4]:.3f}-{ratios[3 * n // 4]:.3f}; geometric mean {geometric:.3f} "
+            f"(95% interval {low:.3f}-{high:.3f}), {n} epochs")
+
+
 def memory_probe(args, name, batch_size, path):
     """Peak-RSS growth (bytes) of 30 training steps of one path, in a fresh process."""
     cmd = [sys.executable, __file__, "--probe", path, name, str(batch_size), "--threads", str(args.threads)]

@@ -11,11 +11,10 @@ side by side on binarized Fashion-MNIST, one thread, their epochs alternating in
 
 It prints each arm's median seconds per epoch (epochs 2.., the first captures) and lean / before
 over the epochs: median, quartiles, and the geometric mean with its 95% interval (benchmark.py's
-`paired_interval`); both arms draw from one generator in turn, so their
+`paired_summary`); both arms draw from one generator in turn, so their
 numbers differ (tests/test_capture.py checks the lean step's bits against the eager step's).
 """
 import argparse
-import math
 import statistics
 
 import torch
@@ -23,7 +22,7 @@ import torch
 import pyro_vae
 import pyro_vae.capture as capture
 import pyro_vae.svi as svi
-from benchmark import paired_interval  # experiments/benchmark.py: Student's t on the paired log ratios
+from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
 
 
 class ZeroGradFirst:
@@ -65,15 +64,7 @@ def main():
     capture.lean, svi.adam_step = lean, adam_step
     for arm, s in seconds.items():
         print(f"{arm:7s} median {statistics.median(s[1:]):.3f} s per epoch of {args.train_size} images, batch {args.batch}")
-    lean_s, before_s = seconds["lean"][1:], seconds["before"][1:]
-    ratios = sorted(a / b for a, b in zip(lean_s, before_s))
-    n = len(ratios)
-    low, high = paired_interval(lean_s, before_s)
-    geometric = math.exp(statistics.mean(math.log(r) for r in ratios))
-    print(f"lean / before per epoch: median {statistics.median(ratios):.3f}, quartiles "
-          f"{ratios[n // 4]:.3f}-{ratios[3 * n // 4]:.3f}; geometric mean {geometric:.3f} "
-          f"(95% interval {low:.3f}-{high:.3f}), {n} epochs")
-
+    print(paired_summary(seconds["lean"][1:], seconds["before"][1:], "lean / before"))
 
 if __name__ == "__main__":
     main()

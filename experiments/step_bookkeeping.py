@@ -13,11 +13,10 @@ trained side by side on binarized Fashion-MNIST, one thread, their epochs altern
 
 It prints each arm's median seconds per epoch (epochs 2..: the first captures) and now / before
 over the epochs: median, quartiles, and the geometric mean with its 95% interval (benchmark.py's
-`paired_interval`). The two arms draw from one generator in turn, so their numbers differ
+`paired_summary`). The two arms draw from one generator in turn, so their numbers differ
 (tests/test_capture.py checks the folded graph's bits against the unfolded one's).
 """
 import argparse
-import math
 import statistics
 import time
 
@@ -26,7 +25,7 @@ import torch
 
 import pyro_vae
 import pyro_vae.capture as capture
-from benchmark import paired_interval  # experiments/benchmark.py: Student's t on the paired log ratios
+from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
 from pyro_vae import distributed
 from pyro_vae.data import batches
 from pyro_vae.svi import adam_step, is_validation_enabled
@@ -89,15 +88,7 @@ def main():
     for arm, s in seconds.items():
         print(f"{arm:7s} median {statistics.median(s[1:]):.3f} s per epoch of {args.train_size} images, "
               f"batch {args.batch}, {args.model}")
-    now_s, before_s = seconds["now"][1:], seconds["before"][1:]
-    ratios = sorted(a / b for a, b in zip(now_s, before_s))
-    n = len(ratios)
-    low, high = paired_interval(now_s, before_s)
-    geometric = math.exp(statistics.mean(math.log(r) for r in ratios))
-    print(f"now / before per epoch: median {statistics.median(ratios):.3f}, quartiles "
-          f"{ratios[n // 4]:.3f}-{ratios[3 * n // 4]:.3f}; geometric mean {geometric:.3f} "
-          f"(95% interval {low:.3f}-{high:.3f}), {n} epochs")
-
+    print(paired_summary(seconds["now"][1:], seconds["before"][1:], "now / before"))
 
 if __name__ == "__main__":
     main()
