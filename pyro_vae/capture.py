@@ -184,9 +184,11 @@ def fold_shape_constants(graph):
     dozen operators of every step (negations, expansions, views and divisions of those ones) that
     give the same tensor each time. Each step then reads the tensor: the same values, so the same
     bits. A tensor the graph holds (`get_attr`) is never folded by value, only read for its shape,
-    since it may be written in place between steps (the ramped KL weight); nor is a random draw, an
-    operator that writes in place, or a value the graph returns (a gradient the optimizer may scale
-    in place). Returns the number of operators folded."""
+    since it may be written in place between steps (the ramped KL weight); nor is a random draw or
+    an operator that writes in place, and nothing is folded where the graph writes into a folded
+    value. A gradient that comes out as a folded value (or a view of one) is copied before the
+    optimizer, which may scale it in place, sees it (`CapturedStep.to_copy`, as for any gradient
+    that shares memory). Returns the number of operators folded."""
     nodes = list(graph.graph.nodes)
     values = {}
     for node in nodes:
@@ -221,10 +223,10 @@ def fold_shape_constants(graph):
             node = node.args[0]
         return True
 
-    written = []  # what the graph writes in place (a draw into a fresh tensor) and what it returns
+    written = []  # what the graph writes in place (a draw into a fresh tensor)
     for node in nodes:
-        if node.op == "output" or (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
-                                   and node.target._schema.is_mutable):
+        if (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+                and node.target._schema.is_mutable):
             torch.fx.node.map_arg((node.args, node.kwargs), written.append)
     if any(aliases_folded(n) for n in written):
         return 0
@@ -254,8 +256,8 @@ def drop_identity_operations(graph, constant, value, keep):
     leave their other operand as it was, exactly, in every float: `x * 1`, `x / 1` and `x - (+0)`
     read as `x`, and `x * -1` as `-x` (one fewer full-size operator: the gradient of a Bernoulli
     likelihood is multiplied by a tensor of ones on every step). Not `x + 0`, which turns -0 into
-    +0. An operator whose value the graph returns or writes in place (`keep`) stays, so no two
-    outputs share a tensor."""
+    +0. An operator whose value the graph writes in place (`keep`) stays; where the graph now
+    returns one tensor twice, or a parameter, `CapturedStep.to_copy` copies it."""
     signs = torch.signbit(value)
     if value.numel() == 0 or not bool((value == value.reshape(-1)[0]).all()) or bool(signs.any() != signs.all()):
         return  # not one value (+0 and -0 are two here)

@@ -319,8 +319,9 @@ class Trainer:
         if norms:
             finite &= torch.isfinite(torch.stack(norms).to(device))
         # the first step whose loss (or gradient norm) was not finite, or that raised; `steps`: none
-        step_numbers = torch.arange(len(finite), device=device)
-        first_bad = torch.where(finite, steps, step_numbers).amin() if len(finite) else torch.tensor(steps, device=device)
+        first_bad = torch.tensor(steps, device=device)
+        if len(finite):
+            first_bad = torch.where(finite, first_bad, torch.arange(len(finite), device=device)).amin()
         if broke_at is not None:
             first_bad.clamp_(max=broke_at)
         epoch_loss = losses.sum()
