@@ -292,6 +292,43 @@ def test_inductor_compiles_the_training_batch_shape_only():
     assert compiled == {32: True, 16: False}  # the last batch, once an epoch, replays its captured graph
 
 
+def test_a_second_process_takes_the_compiled_step_from_inductors_disk_cache(tmp_path):
+    """Compiled once, the step is read back from Inductor's cache by the next process (no compile),
+    gives the same losses, and its kernels still read a held tensor written between steps."""
+    script = """
+import json, torch, pyro_vae
+from torch._dynamo.utils import counters
+from pyro_vae.capture import CapturedStep
+torch.manual_seed(0)
+digits = pyro_vae.load_dataset("digits", train_size=64)
+model = pyro_vae.build_model("vae", digits.x_dim, z_dim=3, hidden=16)
+elbo = pyro_vae.make_elbo("trace")
+w = torch.tensor(1.0)
+x = torch.bernoulli(digits.splits["train"][0][:20])
+loss_fn = lambda x: elbo.differentiable_loss(model.model, model.guide, x) * w
+loss_fn(x)
+step = CapturedStep(model, loss_fn, compiler="inductor")
+step(x), step(x)
+losses = []
+for weight in (1.0, 3.0):
+    w.fill_(weight)
+    torch.manual_seed(5)
+    losses.append(step(x).item())
+print(json.dumps({"compiler": step.compiler, "losses": losses, **counters["inductor"]}))
+"""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    if runs[0]["compiler"] != "inductor":  # no C++ compiler here
+        pytest.skip("Inductor could not compile")
+    assert runs[0].get("fxgraph_cache_miss") == 1 and runs[1].get("fxgraph_cache_hit") == 1, runs
+    assert runs[1]["losses"] == runs[0]["losses"]
+    assert runs[1]["losses"][1] == pytest.approx(3 * runs[1]["losses"][0], rel=1e-6)
+
+
 def test_inductor_without_a_cpp_compiler_says_so_and_replays_the_captured_step(tmp_path):
     # in a process of its own: Inductor caches the compiler it found for the life of a process
     script = f"""
