@@ -1,0 +1,55 @@
+"""Two `--compile` modes side by side: copies of one model (the default 784-400-50 softplus VAE,
+or cvae2) from the same weights, trained on binarized Fashion-MNIST with one torch thread, their
+epochs alternating in one process, so both see the same machine load.
+
+    OMP_NUM_THREADS=1 python experiments/compile_modes.py [--modes inductor,on] [--model vae] [--batch 64] [--epochs 21] [--train-size 12800]
+
+It prints each mode's seconds to capture (and compile) and its first epoch (which waits for
+that), its median epoch after the first, and the first mode over the second per epoch, epochs
+2..: median, quartiles, and the geometric mean with its 95% interval (benchmark.py's
+`paired_summary`). Inductor's compile is timed against its disk cache as it stands: set
+TORCHINDUCTOR_CACHE_DIR to an empty folder for a cold compile.
+"""
+import argparse
+import statistics
+
+import torch
+
+import pyro_vae
+from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modes", default="inductor,on", help="two --compile values, compared first / second")
+    p.add_argument("--model", default="vae", choices=["vae", "cvae2"])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=21)
+    p.add_argument("--train-size", type=int, default=12800)
+    args = p.parse_args()
+    modes = args.modes.split(",")
+    if len(modes) != 2:
+        p.error(f"--modes takes two --compile values, e.g. inductor,on; got {args.modes!r}")
+    torch.set_num_threads(1)
+    data = pyro_vae.load_dataset("fashion-mnist", train_size=args.train_size)
+    trainers = []
+    for mode in modes:
+        torch.manual_seed(0)
+        model = pyro_vae.build_model(args.model, data.x_dim, data.n_classes, z_dim=50, hidden=400)
+        trainers.append(pyro_vae.Trainer(model, compile=mode))
+    seconds = [[], []]
+    for epoch in range(1, args.epochs + 1):
+        for trainer, s in zip(trainers, seconds):
+            trainer.run(data, epoch, args.batch)
+            s.append(trainer.history[-1]["seconds"])
+    print(f"{args.model}, batch {args.batch}, {args.train_size} images per epoch, {args.epochs} epochs, "
+          f"{torch.__version__}, 1 thread")
+    for mode, trainer, s in zip(modes, trainers, seconds):
+        captured = trainer.captured.seconds if trainer.captured is not None else 0.0
+        print(f"--compile {mode:8s}: {trainer.capture_note}; {captured:.2f} s to capture/compile, "
+              f"first epoch {s[0]:.2f} s, then median {statistics.median(s[1:]):.3f} s per epoch")
+    print(paired_summary(seconds[0][1:], seconds[1][1:], f"{modes[0]} / {modes[1]}"))
+
+
+if __name__ == "__main__":
+    main()
