@@ -24,8 +24,9 @@ argument is held by the graph itself, so a value that changes between steps must
 written in place (svi.Trainer's ramped KL weight), never a Python number, which would be baked in.
 
 With `compiler="inductor"` the training batch's graph is also compiled by Inductor, which fuses
-its elementwise work; oneDNN's products, which Inductor cannot lower as nets.Linear calls them,
-become one opaque custom op first (`nets.opaque_onednn_products`).
+its elementwise work: the graph as it is (`torch._inductor.compile`, no TorchDynamo frame or guards
+per call), cached on disk for the next process; oneDNN's products, which Inductor cannot lower as
+nets.Linear calls them, become one opaque op first (`nets.opaque_onednn_products`).
 """
 
 import contextlib
