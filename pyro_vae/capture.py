@@ -118,7 +118,7 @@ class CapturedStep:
         graph = opaque_onednn_products(graph)
         try:
             # compiling runs the graph once (undo its draws), without autograd, as every step runs it
-            with torch.random.fork_rng(devices=[]), torch.no_grad(), cacheable_compile():
+            with torch.random.fork_rng(devices=cuda_devices(args)), torch.no_grad(), cacheable_compile():
                 compiled = Compiled(graph, torch._inductor.compile(graph, [*self.params, *args]))
                 compiled(*self.params, *args)
         except Exception as e:
@@ -143,14 +143,20 @@ class CapturedStep:
         validate = torch.distributions.Distribution._validate_args
         torch.distributions.Distribution.set_default_validate_args(False)  # its checks read the host
         try:
-            cuda = [a.device.index or 0 for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
-            with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda):  # tracing's draws are undone
+            # tracing's draws are undone
+            with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda_devices(args)):
                 return make_fx(step)(*inputs, *args)
         except Exception as e:  # anything make_fx cannot record: the eager step stands
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def cuda_devices(args):
+    """The CUDA device the batch is on, as `torch.random.fork_rng` takes it ([] on the CPU): the
+    draws of a capture or of a compile's first run are undone on the generator the steps use."""
+    return [a.device.index or 0 for a in args if torch.is_tensor(a) and a.device.type == "cuda"][:1]
 
 
 def cacheable_compile():
