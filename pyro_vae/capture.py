@@ -163,8 +163,9 @@ def cacheable_compile():
     """A context in which `torch._inductor.compile` may use Inductor's disk caches (of the compiled
     graph, and of AOTAutograd's): they read the shapes' environment from a tracing context, which a
     graph captured outside TorchDynamo lacks, and without one every process compiled afresh (3-4 s
-    warm, 12-15 s cold here, where a cache hit takes ~2.5 s, half of it importing Inductor and
-    probing the CPU's vector instructions). All shapes stay static: the inputs are real tensors.
+    with the C++ kernels cached, 11-17 s cold, where a cache hit takes about 2 s, nearly all of it
+    importing Inductor and probing the CPU's vector instructions: experiments/compile_cost.sh).
+    All shapes stay static: the inputs are real tensors.
     Where this torch lacks those internals, no context: the compile works as before, uncached."""
     try:
         from torch._guards import TracingContext, tracing

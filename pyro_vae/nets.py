@@ -324,8 +324,8 @@ def onednn_linear_op(target):
         return plain(x, weight, bias, *PLAIN_PRODUCT)
 
     library.impl("onednn_linear", onednn_linear, "CPU")
-    torch.library.register_fake("pyro_vae::onednn_linear", lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
-                                lib=library)
+    torch.library.register_fake("pyro_vae::onednn_linear", lib=library)(
+        lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))  # the shape, for tracing
     _LIBRARY.append(library)
     return torch.ops.pyro_vae.onednn_linear.default
 
