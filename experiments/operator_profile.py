@@ -2,7 +2,7 @@
 binarized Fashion-MNIST, one epoch of warm-up (the step captured, each product's library chosen),
 then epochs under torch.profiler, one torch thread.
 
-    OMP_NUM_THREADS=1 python experiments/operator_profile.py [--batch 64] [--train-size 12800] [--epochs 1]
+    OMP_NUM_THREADS=1 python experiments/operator_profile.py [--batch 64] [--train-size 12800] [--epochs 1] [--compile inductor]
 
 It prints each operator's share of the profiled time and its milliseconds per step.
 """
@@ -21,12 +21,13 @@ def main():
     p.add_argument("--train-size", type=int, default=12800, help="training images (the profile's epochs)")
     p.add_argument("--epochs", type=int, default=1, help="profiled epochs, after one of warm-up")
     p.add_argument("--rows", type=int, default=20, help="operators shown")
+    p.add_argument("--compile", default="auto", choices=["auto", "on", "inductor", "off"], help="the step profiled")
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = pyro_vae.load_dataset("fashion-mnist", train_size=args.train_size)
     model = pyro_vae.build_model("vae", x_dim=data.x_dim, z_dim=50, hidden=400)
-    trainer = pyro_vae.Trainer(model)
+    trainer = pyro_vae.Trainer(model, compile=args.compile)
     trainer.run(data, 1, args.batch)  # warm-up: capture, product timing, first-step validation
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.run(data, 1 + args.epochs, args.batch)
