@@ -255,7 +255,6 @@ def paired_interval(a, b):
     return math.exp(mean - half), math.exp(mean + half)
 
 
-
 def paired_summary(a, b, label):
     """One line on the epochs' ratios a[i] / b[i]: median, quartiles, and the geometric mean with
     its 95% interval (`paired_interval`), headed `label` (e.g. "now / before")."""

@@ -66,5 +66,6 @@ def main():
         print(f"{arm:7s} median {statistics.median(s[1:]):.3f} s per epoch of {args.train_size} images, batch {args.batch}")
     print(paired_summary(seconds["lean"][1:], seconds["before"][1:], "lean / before"))
 
+
 if __name__ == "__main__":
     main()

@@ -90,5 +90,6 @@ def main():
               f"batch {args.batch}, {args.model}")
     print(paired_summary(seconds["now"][1:], seconds["before"][1:], "now / before"))
 
+
 if __name__ == "__main__":
     main()

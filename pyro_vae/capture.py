@@ -1,4 +1,4 @@
-"""The training step captured once per input shape (layer 5: imports only nets, for its oneDNN products; any loss).
+"""The training step captured once per input shape (layer 5: imports only nets, for its oneDNN products, and errors; any loss).
 
 Pyro builds the loss in Python on every step: traces, replay, plates, distribution objects. For
 a fixed model and batch shape that Python does the same thing each time, and only the tensors
@@ -42,6 +42,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.graph import CodeGen
 from torch.nn.utils.stateless import _reparametrize_module
 
+from .errors import first_line
 from .nets import opaque_onednn_products
 
 
@@ -59,7 +60,7 @@ class CapturedStep:
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.graphs = {}
-        self.relayout = {}  # per shape: which gradients come out of the graph laid out unlike their parameter
+        self.relayout = {}  # per shape: which gradients must be copied before the optimizer sees them (to_copy)
         self.seen = set()  # shapes stepped once: a shape is captured on its second step
         self.seconds = 0.0  # spent capturing (and compiling) graphs, for the run log and the benchmark
 
@@ -122,8 +123,7 @@ class CapturedStep:
                 compiled = Compiled(graph, torch._inductor.compile(graph, [*self.params, *args]))
                 compiled(*self.params, *args)
         except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"pyro-vae: Inductor could not compile the captured step ({type(e).__name__}: {first[:120]}); "
+            print(f"pyro-vae: Inductor could not compile the captured step ({type(e).__name__}: {first_line(e)[:120]}); "
                   f"replaying the captured graph as it is", file=sys.stderr, flush=True)
             self.compiler = None
             return graph
@@ -147,8 +147,7 @@ class CapturedStep:
             with pyro.validation_enabled(False), torch.random.fork_rng(devices=cuda_devices(args)):
                 return make_fx(step)(*inputs, *args)
         except Exception as e:  # anything make_fx cannot record: the eager step stands
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CaptureFailed(f"{type(e).__name__}: {first[:160]}") from None
+            raise CaptureFailed(f"{type(e).__name__}: {first_line(e)[:160]}") from None
         finally:
             torch.distributions.Distribution.set_default_validate_args(validate)
 

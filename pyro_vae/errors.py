@@ -37,6 +37,13 @@ class Terminated(Interrupted):
     status = 143
 
 
+def first_line(error):
+    """The first line of an exception's message, or its type's name where it has no message: what a
+    one-line report quotes of an error raised deeper down."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def finite(value):
     """math.isfinite, False for an integer too large for a float (10**400) instead of OverflowError."""
     try:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
-from ..errors import UserError, finite
+from ..errors import UserError, finite, first_line
 from ..files import atomic_write, is_temporary, write_error, write_json, write_reason
 from ..models import build_model
 from ..nets import ProductChoices, widths
@@ -244,8 +244,7 @@ def load_checkpoint(path, model=None, config=None):
         raise UserError(f"{path}: refused: it holds a pickled Python object, not only tensors and plain data "
                         f"(loading it could run code){'; ' + what if what else ''}") from None
     except Exception as e:  # truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a loadable pyro-vae checkpoint ({first})") from None
+        raise UserError(f"{path}: not a loadable pyro-vae checkpoint ({first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a pyro-vae checkpoint (format {CHECKPOINT_FORMAT} expected)")
     extra = sorted(map(str, set(state) - CHECKPOINT_KEYS))
@@ -428,7 +427,7 @@ def load_weights(model, state, path):
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as e:
         raise UserError(f"{path} does not fit the model in config.json "
-                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+                        f"({first_line(e)})") from None
 
 
 def same_setting(key, saved, now):
