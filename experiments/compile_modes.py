@@ -4,10 +4,6 @@ epochs alternating in one process, so both see the same machine load.
 
     OMP_NUM_THREADS=1 python experiments/compile_modes.py [--modes inductor,on] [--model vae] [--batch 64] [--epochs 21] [--train-size 12800]
 
-A mode written `M-apart` is M with the optimizer's update kept out of the captured step (the
-trainer calls Adam's kernel after it, as before the fourteenth round of benchmark.md), e.g.
-`--modes inductor,inductor-apart` measures what compiling Adam's update into the step gives.
-
 It prints each mode's seconds to capture (and compile) and its first epoch (which waits for
 that), its median epoch after the first, and the first mode over the second per epoch, epochs
 2..: median, quartiles, and the geometric mean with its 95% interval (benchmark.py's
@@ -40,10 +36,7 @@ def main():
     for mode in modes:
         torch.manual_seed(0)
         model = pyro_vae.build_model(args.model, data.x_dim, data.n_classes, z_dim=50, hidden=400)
-        trainer = pyro_vae.Trainer(model, compile=mode.removesuffix("-apart"))
-        if mode.endswith("-apart") and trainer.captured is not None:
-            trainer.captured.update = None  # the trainer steps the optimizer after the captured step
-        trainers.append(trainer)
+        trainers.append(pyro_vae.Trainer(model, compile=mode))
     seconds = [[], []]
     for epoch in range(1, args.epochs + 1):
         for trainer, s in zip(trainers, seconds):
@@ -53,8 +46,7 @@ def main():
           f"{torch.__version__}, 1 thread")
     for mode, trainer, s in zip(modes, trainers, seconds):
         captured = trainer.captured.seconds if trainer.captured is not None else 0.0
-        note = trainer.capture_note + ("; the update apart" if mode.endswith("-apart") else "")
-        print(f"--compile {mode:8s}: {note}; {captured:.2f} s to capture/compile, "
+        print(f"--compile {mode:8s}: {trainer.capture_note}; {captured:.2f} s to capture/compile, "
               f"first epoch {s[0]:.2f} s, then median {statistics.median(s[1:]):.3f} s per epoch")
     print(paired_summary(seconds[0][1:], seconds[1][1:], f"{modes[0]} / {modes[1]}"))
 

@@ -8,8 +8,7 @@ graph whose inputs are the parameters and the batch, and then replays that graph
 
 - the same operations in the same order as the eager step, so the same value and gradient for the
   same random numbers (the draws are operations of the graph: fresh noise every step);
-- no Python from Pyro per step; the optimizer's update stays PyTorch's own (its fused Adam kernel),
-  called by the step where it is given one (`update`);
+- no Python from Pyro per step; the optimizer step stays PyTorch's own (its fused Adam kernel);
 - little Python of the graph's own (`lean`): operators nothing reads (make_fx keeps a few) are
   dropped, the inputs are not flattened by torch's pytree on every call, and each operator is
   called as torch's C function without the Python frame of `torch.ops.aten.*`
@@ -27,11 +26,7 @@ written in place (svi.Trainer's ramped KL weight), never a Python number, which 
 With `compiler="inductor"` the training batch's graph is also compiled by Inductor, which fuses
 its elementwise work: the graph as it is (`torch._inductor.compile`, no TorchDynamo frame or guards
 per call), cached on disk for the next process; oneDNN's products, which Inductor cannot lower as
-nets.Linear calls them, become one opaque op first (`nets.opaque_onednn_products`). Given Adam's
-update (svi.CompiledAdam), the compiled step is the graph followed by that update: each parameter
-is updated in place right after its gradient is made, while the gradient is still in the cache,
-instead of in a second pass over all of them (experiments/compile_modes.py; benchmark.md's
-fourteenth round).
+nets.Linear calls them, become one opaque op first (`nets.opaque_onednn_products`).
 """
 
 import contextlib
@@ -58,16 +53,13 @@ class CaptureFailed(Exception):
 class CapturedStep:
     """`step(*args)` sets every parameter's `.grad` to the gradient of `loss_fn(*args)` and returns
     the loss, from a graph captured the second time each input shape is seen (the first time it
-    returns None and the caller steps eagerly). Given the optimizer's `update` (svi.CompiledAdam),
-    it steps the optimizer too: compiled into the step where Inductor compiles it (the gradients
-    then never leave the step: `.grad` stays None), else `update.step()` once the gradients are set."""
+    returns None and the caller steps eagerly)."""
 
-    def __init__(self, module, loss_fn, compiler=None, update=None):
-        self.module, self.loss_fn, self.compiler, self.update = module, loss_fn, compiler, update
+    def __init__(self, module, loss_fn, compiler=None):
+        self.module, self.loss_fn, self.compiler = module, loss_fn, compiler
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         self.graphs = {}
-        self.updating = {}  # per shape: the compiled step that updates the parameters too (`update`'s state its last inputs)
         self.relayout = {}  # per shape: which gradients must be copied before the optimizer sees them (to_copy)
         self.seen = set()  # shapes stepped once: a shape is captured on its second step
         self.seconds = 0.0  # spent capturing (and compiling) graphs, for the run log and the benchmark
@@ -77,9 +69,8 @@ class CapturedStep:
         return tuple((tuple(a.shape), a.dtype, str(a.device)) if torch.is_tensor(a) else repr(a) for a in args)
 
     def __call__(self, *args):
-        """The loss (gradients set, or the parameters updated: see the class), or None on a shape's
-        first step: the caller steps eagerly then, so a shape seen once (an epoch's last, shorter
-        batch in a one-epoch run) costs no capture."""
+        """The loss (gradients set), or None on a shape's first step: the caller steps eagerly then,
+        so a shape seen once (an epoch's last, shorter batch in a one-epoch run) costs no capture."""
         k = self.key(args)
         graph = self.graphs.get(k)
         if graph is None:
@@ -91,19 +82,11 @@ class CapturedStep:
             if self.compiler == "inductor" and not self.graphs:
                 # the first shape captured is the training batch; another (an epoch's shorter last
                 # batch, stepped once an epoch) replays its graph uncompiled: seconds to save microseconds
-                graph = self.compile(graph, args, k)
+                graph = self.compile(graph, args)
             else:
                 graph = lean(graph, args)
             self.graphs[k] = graph
             self.seconds += time.perf_counter() - start
-        updating = self.updating.get(k) if self.update is not None else None
-        state = updating and self.update.state(self.params)
-        if state:
-            with torch.no_grad():
-                loss = updating(*self.params, *args, *state)
-            for p in self.params:
-                p.grad = None  # not a gradient of this step's: none is kept
-            return loss
         with torch.no_grad():  # the graph holds its own backward: recording autograd history would be waste
             out = graph(*self.params, *args)  # [loss, *gradients]
         relayout = self.relayout.get(k)
@@ -112,8 +95,6 @@ class CapturedStep:
         for p, g, copy in zip(self.params, out[1:], relayout):
             # as autograd's accumulation does: a gradient the optimizer (or clipping) may write in place
             p.grad = torch.empty_like(p).copy_(g) if copy else g
-        if self.update is not None:
-            self.update.step()
         return out[0]
 
     def to_copy(self, graph, out):
@@ -128,49 +109,25 @@ class CapturedStep:
         return [g.stride() != p.stride() or (storage(g) is not None and used.count(storage(g)) > 1)
                 for p, g in zip(self.params, out[1:])]
 
-    def compile(self, graph, args, key):
+    def compile(self, graph, args):
         """The captured graph compiled by Inductor (fused kernels), drawing its random numbers with
         torch's own generator (`fallback_random`), so the noise is the eager step's; compiled on its
-        first call, here. Where `update` can be compiled in, the compiled step is the graph with the
-        update after it (`self.updating[key]`), and the graph itself is replayed as it is for a step
-        the update cannot take (see CompiledAdam.state). Where Inductor cannot compile it (no C++
-        compiler, say), the graph as it is."""
+        first call, here. Where Inductor cannot compile it (no C++ compiler, say), the graph as it is."""
         import torch._inductor.config as inductor_config  # part of torch; read only when asked for
 
         inductor_config.fallback_random = True
-        state = self.update.state(self.params, count=False) if self.update is not None else None
+        graph = opaque_onednn_products(graph)
         try:
             # compiling runs the graph once (undo its draws), without autograd, as every step runs it
             with torch.random.fork_rng(devices=cuda_devices(args)), torch.no_grad(), cacheable_compile():
-                if state:
-                    inputs = [t.clone() for t in (*self.params, *args, *state)]  # run on copies: the parameters stay
-                    step = opaque_onednn_products(self.with_update(graph, inputs, len(args)))
-                else:
-                    inputs, step = [*self.params, *args], opaque_onednn_products(graph)
-                compiled = Compiled(step, torch._inductor.compile(step, inputs))
-                compiled(*inputs)
+                compiled = Compiled(graph, torch._inductor.compile(graph, [*self.params, *args]))
+                compiled(*self.params, *args)
         except Exception as e:
             print(f"pyro-vae: Inductor could not compile the captured step ({type(e).__name__}: {first_line(e)[:120]}); "
                   f"replaying the captured graph as it is", file=sys.stderr, flush=True)
             self.compiler = None
-            return lean(graph, args)
-        if not state:
-            return compiled
-        self.updating[key] = compiled
-        return lean(graph, args)
-
-    def with_update(self, graph, inputs, n_args):
-        """The graph of `step(*parameters, *args, *state) -> loss` that also updates the parameters (and
-        `state`) in place by `self.update.apply`, from the gradients `graph` computes; traced on `inputs`."""
-        n = len(self.params)
-
-        def step(*flat):
-            params, args, state = flat[:n], flat[n:n + n_args], flat[n + n_args:]
-            out = graph(*params, *args)
-            self.update.apply(params, out[1:], state)
-            return out[0]
-
-        return make_fx(step)(*inputs)
+            return graph
+        return compiled
 
     def capture(self, args):
         """The graph of `step(*parameters, *args) -> [loss, *gradients]`."""

@@ -103,11 +103,12 @@ def adam(params, lr):
     return torch.optim.Adam(params, lr=lr)
 
 
-def fused_adam(optimizer):
-    """`(group, states)`: the one parameter group of `adam`'s fused Adam and its parameters' states,
-    where its update is torch's fused kernel on plain settings, which `adam_step` calls directly and
-    `CompiledAdam` writes into a compiled step; None where `optimizer.step()` must run instead
-    (another optimizer, hooks, AMSGrad, a parameter without state yet: before the first step)."""
+def adam_step(optimizer):
+    """`optimizer.step()`. For the fused Adam that `adam` builds, once every parameter has its state
+    and a gradient, torch's fused kernel is called here directly: the same kernel on the same tensors
+    with the group's own hyper-parameters, so the same bits, without the 0.1-0.2 ms of Python that
+    `Optimizer.step` spends around it on every step (1-2% of a batch-64 VAE step on a CPU). Anything
+    else (another optimizer, hooks, AMSGrad, a parameter without a gradient) takes `optimizer.step()`."""
     groups = optimizer.param_groups
     group = groups[0]
     if (len(groups) != 1 or not group.get("fused") or group["amsgrad"] or group["maximize"]
@@ -115,94 +116,21 @@ def fused_adam(optimizer):
             or not isinstance(group["lr"], float) or optimizer._optimizer_step_pre_hooks
             or optimizer._optimizer_step_post_hooks or getattr(torch_optimizer, "_global_optimizer_pre_hooks", None)
             or getattr(torch_optimizer, "_global_optimizer_post_hooks", None)):
-        return None
+        return optimizer.step()
     params = group["params"]
     states = [optimizer.state.get(p) for p in params]
+    grads = [p.grad for p in params]
     first = params[0]
-    if any(not s for s in states) or any(p.dtype != first.dtype or p.device != first.device for p in params):
-        return None
-    return group, states
-
-
-def adam_step(optimizer):
-    """`optimizer.step()`. For the fused Adam that `adam` builds, once every parameter has its state
-    and a gradient, torch's fused kernel is called here directly: the same kernel on the same tensors
-    with the group's own hyper-parameters, so the same bits, without the 0.1-0.2 ms of Python that
-    `Optimizer.step` spends around it on every step (1-2% of a batch-64 VAE step on a CPU). Anything
-    else (another optimizer, hooks, AMSGrad, a parameter without a gradient) takes `optimizer.step()`."""
-    found = fused_adam(optimizer)
-    grads = None if found is None else [p.grad for p in found[0]["params"]]
-    if found is None or any(g is None for g in grads):
+    if (any(not s for s in states) or any(g is None for g in grads)  # the first step creates the state
+            or any(p.dtype != first.dtype or p.device != first.device for p in params)):
         return optimizer.step()
-    group, states = found
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
     beta1, beta2 = group["betas"]
-    torch._fused_adam_(group["params"], grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                       [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+    torch._fused_adam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                       steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                        grad_scale=None, found_inf=None)
-
-
-class CompiledAdam:
-    """The optimizer's update as a captured step takes it (capture.CapturedStep's `update`): where
-    the step is compiled by Inductor and the optimizer is `adam`'s fused Adam on plain settings, its
-    update is written into the step (`apply`, tensor operations: the same rule as torch's kernel),
-    and Inductor fuses each parameter's update with the last operations that make its gradient,
-    while that gradient is still in the cache, and frees it: the parameters' `.grad` stays None. Its
-    step counts and moments are the optimizer's own tensors, updated in place, so a checkpoint holds
-    them as ever and the learning rate may change between steps. Anywhere else, `step` runs after
-    the gradients are set (`adam_step`)."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-        self.settings = None  # (betas, eps, weight decay) as the compiled update was written with them
-        self.scalars = None  # this step's step size and square root of the second moment's bias correction
-
-    def step(self):
-        adam_step(self.optimizer)
-
-    def state(self, params, count=True):
-        """The tensors the update reads and writes besides `params` and their gradients, for a step
-        over `params` (each parameter's first moments, then its second, then this step's two scalars),
-        the step counted (`count`) and its scalars written; None where this update cannot be compiled
-        in, or no longer matches the one that was (its settings changed): the optimizer steps itself."""
-        found = fused_adam(self.optimizer)
-        if found is None:
-            return None
-        group, states = found
-        settings = (*group["betas"], group["eps"], group["weight_decay"])
-        if self.settings is not None and settings != self.settings:
-            return None
-        known = self.optimizer.state
-        if len(params) != len(states) or any(p not in known for p in params):
-            return None  # a parameter the optimizer does not update, or the other way round
-        if self.scalars is None:
-            self.scalars = [torch.zeros((), dtype=params[0].dtype, device=params[0].device) for _ in range(2)]
-        if count:
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
-            step = steps[0] if steps[0].device.type != "cpu" else steps[0].item()  # no host read on a GPU
-            beta1, beta2 = group["betas"]
-            self.scalars[0].fill_(group["lr"] / (1 - beta1 ** step))
-            self.scalars[1].fill_((1 - beta2 ** step) ** 0.5)
-        moments = [known[p] for p in params]
-        return [*(m["exp_avg"] for m in moments), *(m["exp_avg_sq"] for m in moments), *self.scalars]
-
-    def apply(self, params, grads, state):
-        """Adam's update of `params` in place, as torch's fused kernel computes it, from the `state`
-        that `state` gives (traced into a compiled step; the settings are written in as constants)."""
-        self.settings = settings = (*self.optimizer.param_groups[0]["betas"], self.optimizer.param_groups[0]["eps"],
-                                    self.optimizer.param_groups[0]["weight_decay"])
-        beta1, beta2, eps, weight_decay = settings
-        n = len(params)
-        step_size, correction = state[2 * n:]
-        for p, g, m, v in zip(params, grads, state[:n], state[n:2 * n]):
-            if weight_decay:
-                g = g + weight_decay * p
-            m.mul_(beta1).add_(g, alpha=1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            p.sub_(step_size * m / (v.sqrt() / correction + eps))
 
 
 class Trainer:
@@ -285,13 +213,10 @@ class Trainer:
                    "(experiments/results/benchmark.md); --compile on captures here too")
         if why:
             return None, f"eager SVI step: {why}"
-        # the captured step steps the optimizer too (clipping, between the gradient and the update, is the caller's)
-        update = None if self.clip_grad else CompiledAdam(self.optimizer)
         if compile == "inductor":
-            return (CapturedStep(self.model, self.loss_fn, compiler="inductor", update=update),
-                    f"captured SVI step{' and Adam update' if update else ''}, compiled by Inductor "
-                    "(once, for the training batch's shape; the first steps wait for it)")
-        return (CapturedStep(self.model, self.loss_fn, update=update),
+            return (CapturedStep(self.model, self.loss_fn, compiler="inductor"),
+                    "captured SVI step, compiled by Inductor (once, for the training batch's shape; the first steps wait for it)")
+        return (CapturedStep(self.model, self.loss_fn),
                 "captured SVI step (the loss traced once per batch shape, on its second step)")
 
     def set_lr(self, lr):
@@ -424,19 +349,15 @@ class Trainer:
         """One optimizer step: (the detached loss, the gradient's norm before clipping or None where
         not clipped), on the device."""
         loss = None
-        if self.clip_grad and self.captured is not None:
-            self.captured.update = None  # clipping set since: it goes between the gradient and the update
         if self.captured is not None and not validate:  # the first, checked step runs eagerly
             try:
-                loss = self.captured(*args)  # None: a shape's first step, which runs eagerly
+                loss = self.captured(*args)  # sets every gradient; None: a shape's first step, which runs eagerly
             except CaptureFailed as e:
                 self.captured = None
                 self.capture_note = f"eager SVI step: the loss could not be captured ({e})"
                 if self.compile != "auto":  # asked for: said now (auto says it in the run log)
                     print(f"pyro-vae: {self.capture_note}", file=sys.stderr, flush=True)
                 return self._step(args, validate)
-            if loss is not None and self.captured.update is not None:
-                return loss.detach(), None  # the optimizer stepped too
         if loss is None:  # the eager step, Pyro's checks on as asked (the captured graph runs no Pyro)
             with pyro.validation_enabled(validate):
                 self.optimizer.zero_grad(set_to_none=True)

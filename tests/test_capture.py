@@ -288,8 +288,7 @@ def test_inductor_compiles_the_training_batch_shape_only():
     trainer.run(data, 3, 32)
     if trainer.captured.compiler != "inductor":  # no C++ compiler here
         pytest.skip("Inductor could not compile")
-    steps = {**trainer.captured.graphs, **trainer.captured.updating}  # the step that runs, per shape
-    compiled = {k[0][0][0]: isinstance(g, Compiled) for k, g in steps.items()}
+    compiled = {k[0][0][0]: isinstance(g, Compiled) for k, g in trainer.captured.graphs.items()}
     assert compiled == {32: True, 16: False}  # the last batch, once an epoch, replays its captured graph
 
 
@@ -373,101 +372,8 @@ def test_inductor_compiles_around_the_onednn_products_with_the_same_noise(capsys
                 pytest.skip(err.strip())
             assert "could not compile" not in err
             assert trainer.captured.compiler == "inductor"
-            graph = next(iter(trainer.captured.updating.values()))  # the step compiled with Adam's update
+            graph = next(iter(trainer.captured.graphs.values()))
             targets = [str(n.target) for n in graph.graph.graph.nodes]  # the captured GraphModule, rewritten
             assert "pyro_vae.onednn_linear.default" in targets
             assert not any("_linear_pointwise" in t for t in targets)
     assert losses["inductor"] == pytest.approx(losses["off"], rel=1e-4)
-
-
-def train_modes(modes, data, epochs=4, between=None, **options):
-    """Train the same small vae from the same seed under each `--compile` mode; `between(trainer)` runs
-    after the second epoch, whose first step compiled the step. Returns {mode: trainer}."""
-    out = {}
-    for mode in modes:
-        torch.manual_seed(0)
-        pyro.set_rng_seed(0)
-        trainer = Trainer(pyro_vae.build_model("vae", data.x_dim, z_dim=3, hidden=16), compile=mode, **options)
-        trainer.run(data, 2, 32)
-        if between is not None:
-            between(trainer)
-        trainer.run(data, epochs, 32)
-        out[mode] = trainer
-    return out
-
-
-def assert_close_training(a, b, tol=1e-5):
-    """The same parameters and the same Adam state (moments and step counts), to float rounding."""
-    for (k, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        assert torch.allclose(x, y, rtol=tol, atol=tol), k
-    for p, q in zip(a.optimizer.param_groups[0]["params"], b.optimizer.param_groups[0]["params"]):
-        s, t = a.optimizer.state[p], b.optimizer.state[q]
-        assert torch.equal(s["step"], t["step"])
-        assert torch.allclose(s["exp_avg"], t["exp_avg"], rtol=tol, atol=tol)
-        assert torch.allclose(s["exp_avg_sq"], t["exp_avg_sq"], rtol=tol, atol=tol)
-
-
-def inductor_compiled(trainer):
-    if trainer.captured.compiler != "inductor":  # no C++ compiler here
-        pytest.skip("Inductor could not compile")
-    return trainer.captured
-
-
-def test_inductor_compiles_adams_update_into_the_step(small_digits):
-    """The update runs inside the compiled step: Adam's moments and step counts advance in the
-    optimizer's own tensors as torch's fused kernel advances them, and no gradient is kept."""
-    runs = train_modes(("on", "inductor"), small_digits)
-    captured = inductor_compiled(runs["inductor"])
-    assert list(captured.updating) == [CapturedStep.key((torch.zeros(32, small_digits.x_dim),))]
-    assert "Adam update, compiled by Inductor" in runs["inductor"].capture_note
-    assert_close_training(runs["on"], runs["inductor"])
-    steps = runs["on"].optimizer.state[runs["on"].captured.params[0]]["step"]
-    assert steps.item() == 4 * 3  # four epochs of three batches, each counted once
-    batch = torch.bernoulli(small_digits.splits["train"][0][:32])
-    assert captured(batch) is not None and all(p.grad is None for p in captured.params)  # a compiled update keeps none
-
-
-def test_a_new_learning_rate_between_steps_is_taken_by_the_compiled_update(small_digits):
-    runs = train_modes(("on", "inductor"), small_digits, between=lambda t: t.set_lr(0.02))
-    inductor_compiled(runs["inductor"])
-    assert_close_training(runs["on"], runs["inductor"])
-    same_rate = train_modes(("inductor",), small_digits)["inductor"]  # the rate made a difference
-    assert not torch.allclose(same_rate.model.encoder.net[0].weight,
-                              runs["inductor"].model.encoder.net[0].weight, atol=1e-3)
-
-
-def test_a_changed_adam_setting_or_a_hook_makes_the_optimizer_step_itself(small_digits):
-    """Settings written into the compiled update as constants (betas, eps) that change afterwards,
-    or a hook on the optimizer, are honoured: the step hands the gradients to `optimizer.step()`."""
-    def change(trainer):
-        trainer.optimizer.param_groups[0]["betas"] = (0.5, 0.9)
-    runs = train_modes(("on", "inductor"), small_digits, between=change)
-    inductor_compiled(runs["inductor"])
-    assert_close_training(runs["on"], runs["inductor"])
-    calls = []
-    hooked = train_modes(("inductor",), small_digits, between=lambda t: t.optimizer.register_step_pre_hook(
-        lambda *_: calls.append(1)))["inductor"]
-    assert hooked.captured.updating and len(calls) == 2 * 3  # every step of epochs 3 and 4 went through step()
-
-
-def test_clipping_set_after_the_trainer_is_built_still_clips(small_digits):
-    def clip(trainer):
-        trainer.clip_grad = 1e-3
-    runs = train_modes(("on", "inductor"), small_digits, between=clip)
-    inductor_compiled(runs["inductor"])
-    assert runs["inductor"].captured.update is None and runs["on"].captured.update is None
-    assert_close_training(runs["on"], runs["inductor"])
-    unclipped = train_modes(("on",), small_digits)["on"]
-    assert not torch.allclose(unclipped.model.decoder.net[0].weight,
-                              runs["on"].model.decoder.net[0].weight, atol=1e-4)
-
-
-def test_a_kl_warm_up_is_read_by_the_compiled_update_step(small_digits):
-    """The ramped KL weight, a tensor the loss's graph holds, is read by the step traced around it
-    with the update, every step, not baked in as the first step's value."""
-    runs = train_modes(("on", "inductor"), small_digits, warmup_epochs=3, beta=2.0)
-    inductor_compiled(runs["inductor"])
-    assert runs["inductor"].captured.updating
-    assert_close_training(runs["on"], runs["inductor"])
-    assert [m["train_elbo"] for m in runs["inductor"].history] == pytest.approx(
-        [m["train_elbo"] for m in runs["on"].history], rel=1e-5)
