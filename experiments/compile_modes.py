@@ -2,7 +2,11 @@
 or cvae2) from the same weights, trained on binarized Fashion-MNIST with one torch thread, their
 epochs alternating in one process, so both see the same machine load.
 
-    OMP_NUM_THREADS=1 python experiments/compile_modes.py [--modes inductor,on] [--model vae] [--batch 64] [--epochs 21] [--train-size 12800]
+    OMP_NUM_THREADS=1 python experiments/compile_modes.py [--modes inductor,on] [--model vae] [--batch 64] [--epochs 21] [--train-size 12800] [--inductor-config KEY=VALUE ...]
+
+`--inductor-config` sets an Inductor setting (torch._inductor.config) while the first mode's step
+is compiled (its first epoch), e.g. `--modes inductor,inductor --inductor-config cpp_wrapper=True`
+measures Inductor's C++ wrapper against its Python one.
 
 It prints each mode's seconds to capture (and compile) and its first epoch (which waits for
 that), its median epoch after the first, and the first mode over the second per epoch, epochs
@@ -11,12 +15,22 @@ that), its median epoch after the first, and the first mode over the second per 
 TORCHINDUCTOR_CACHE_DIR to an empty folder for a cold compile.
 """
 import argparse
+import ast
+import contextlib
 import statistics
 
 import torch
 
 import pyro_vae
 from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
+
+
+def inductor_settings(settings):
+    """A context in which Inductor's config has `settings` (none: no change, Inductor not imported)."""
+    if not settings:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(settings)
 
 
 def main():
@@ -26,7 +40,18 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=21)
     p.add_argument("--train-size", type=int, default=12800)
+    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="an Inductor setting for the first mode's compile (a Python literal), e.g. cpp_wrapper=True")
     args = p.parse_args()
+    try:
+        settings = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.inductor_config)}
+    except (ValueError, SyntaxError):
+        p.error(f"--inductor-config takes KEY=VALUE with a Python literal value, got {args.inductor_config}")
+    if settings:
+        import torch._inductor.config as inductor_config
+        unknown = [k for k in settings if not hasattr(inductor_config, k)]
+        if unknown:
+            p.error(f"--inductor-config: Inductor has no setting {', '.join(unknown)}")
     modes = args.modes.split(",")
     if len(modes) != 2:
         p.error(f"--modes takes two --compile values, e.g. inductor,on; got {args.modes!r}")
@@ -39,11 +64,13 @@ def main():
         trainers.append(pyro_vae.Trainer(model, compile=mode))
     seconds = [[], []]
     for epoch in range(1, args.epochs + 1):
-        for trainer, s in zip(trainers, seconds):
-            trainer.run(data, epoch, args.batch)
+        for arm, (trainer, s) in enumerate(zip(trainers, seconds)):
+            # the step compiles in its first epoch (on the third batch): the first mode's under the settings given
+            with inductor_settings(settings if arm == 0 and epoch == 1 else {}):
+                trainer.run(data, epoch, args.batch)
             s.append(trainer.history[-1]["seconds"])
     print(f"{args.model}, batch {args.batch}, {args.train_size} images per epoch, {args.epochs} epochs, "
-          f"{torch.__version__}, 1 thread")
+          f"{torch.__version__}, 1 thread" + "".join(f"; {modes[0]} compiled with {k}={v!r}" for k, v in settings.items()))
     for mode, trainer, s in zip(modes, trainers, seconds):
         captured = trainer.captured.seconds if trainer.captured is not None else 0.0
         print(f"--compile {mode:8s}: {trainer.capture_note}; {captured:.2f} s to capture/compile, "
