@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BadType, BadValue, UserError, positive_int, share_or_count
+from .errors import BadType, BadValue, UserError, first_line, positive_int, share_or_count
 from .files import TEMP_PREFIX, cache_dir, write_error
 
 IDX_FILES = {
@@ -499,7 +499,7 @@ def read_torchvision(name, data_dir):
             source["x" + suffix] = x
             source["labels" + suffix] = np.asarray(d.targets, dtype=np.int64)
     except (RuntimeError, OSError, TypeError) as e:  # not there, or a set without train/test splits
-        raise UserError(f"torchvision:{name} in {data_dir}: {str(e).splitlines()[0][:160]}") from None
+        raise UserError(f"torchvision:{name} in {data_dir}: {first_line(e)[:160]}") from None
     return source, [str(c) for c in getattr(d, "classes", [])] or None
 
 

@@ -366,6 +366,24 @@ def test_torchvision_data_set_by_name(tmp_path):
         load_dataset("torchvision:MNIST", data_dir=str(tmp_path))  # not there, and never downloaded
 
 
+def test_a_torchvision_error_without_a_message_is_one_line(tmp_path, monkeypatch):
+    """torchvision stands in here (a module of one data set that raises an OSError with no message):
+    the error names its type instead of failing on the empty message."""
+    import sys
+    import types
+
+    class Broken:
+        def __init__(self, **_):
+            raise OSError()
+
+    package, datasets = types.ModuleType("torchvision"), types.ModuleType("torchvision.datasets")
+    datasets.Broken, package.datasets = Broken, datasets
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    with pytest.raises(UserError, match=r"torchvision:Broken in .*: OSError$"):
+        load_dataset("torchvision:Broken", data_dir=str(tmp_path))
+
+
 def test_torchvision_absent_is_one_line(monkeypatch):
     import builtins
 
