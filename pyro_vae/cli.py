@@ -30,15 +30,18 @@ def facts():
     h = hashlib.sha256(sys.version.encode())
     for path in sorted(package.rglob("*.py")):
         h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    cache = cache_dir() / f"cli-{h.hexdigest()[:24]}.json"
-    try:
-        return json.loads(cache.read_text())
+    source = h.hexdigest()
+    cache = cache_dir() / f"cli-{source[:24]}.json"
+    try:  # a file that is not one this function wrote (damaged, or other JSON) is computed again
+        cached = json.loads(cache.read_text())
+        if isinstance(cached, dict) and cached.get("source") == source and isinstance(cached.get("facts"), dict):
+            return cached["facts"]
     except (OSError, ValueError):
         pass
     found = compute_facts()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda f: f.write(json.dumps(found).encode()))
+        atomic_write(cache, lambda f: f.write(json.dumps({"source": source, "facts": found}).encode()))
     except (OSError, UserError):  # a read-only home: no cache, only a slower start
         pass
     return found

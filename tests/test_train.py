@@ -155,6 +155,27 @@ def test_help_and_argument_errors_do_not_import_torch(tmp_path):
     assert live == first.stdout.rsplit("TORCH", 1)[0]
 
 
+def test_a_damaged_help_cache_is_computed_again(tmp_path):
+    """The option lists' cache file holding other JSON (`{}`, a list, another source's facts) or no
+    JSON is read as missing: the help is computed again, the same, and the file written anew."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = ("import sys; from pyro_vae.cli import main; status = main(sys.argv[1:]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', status)")
+    first = subprocess.run([sys.executable, "-c", code, "train", "--help"], env=env, capture_output=True, text=True)
+    [cache] = (tmp_path / "cache" / "pyro-vae").glob("cli-*.json")
+    good = cache.read_bytes()
+    other = json.dumps({"source": "0" * 64, "facts": {}})
+    for damage in ["{}", "[1, 2]", "null", '{"source": 1}', other, good.decode()[:100], ""]:
+        cache.write_text(damage)
+        done = subprocess.run([sys.executable, "-c", code, "train", "--help"], env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and done.stdout == first.stdout, (damage, done.stderr[-300:])
+        assert cache.read_bytes() == good
+        again = subprocess.run([sys.executable, "-c", code, "train", "--modle"], env=env, capture_output=True,
+                               text=True)
+        assert again.stdout.strip().endswith("NO-TORCH 2") and "--modle" in again.stderr
+
+
 def test_a_collapsed_posterior_is_flagged_by_train_and_evaluate(tmp_path, capsys):
     """beta 200 pulls every q(z|x) onto the prior: no unit is active, and both commands say what to try."""
     from pyro_vae.runs.training import collapse_note
