@@ -145,11 +145,11 @@ def numbers(text):
 
 def seeds_setting(text):
     """--seeds: N (seeds 0..N-1), or a comma list of seeds."""
-    values = [non_negative_int(v) for v in text.split(",")]
+    values = [seed_setting(v) for v in text.split(",")]
     return values if "," in text else positive_int(text)
 
 
-non_negative_int = checked(int, errors.non_negative_number)
+seed_setting = checked(int, errors.random_seed)
 
 
 def shard_setting(text):
@@ -320,7 +320,7 @@ def parser():
                    help="ramp the KL weight linearly from 0 to beta over this many epochs")
     t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
-    t.add_argument("--seed", type=int, default=c.seed, help="random seed (a CPU run repeats exactly)")
+    t.add_argument("--seed", type=seed_setting, default=c.seed, help="random seed (a CPU run repeats exactly)")
     t.add_argument("--labels", type=labels_setting, default=None, metavar="N|all",
                    help="m2: keep the labels of N training examples (balanced over classes, drawn with --seed) and "
                         "hide the rest (default: all)")
@@ -405,7 +405,7 @@ def parser():
     q.add_argument("--iw-samples", type=positive_int, default=1000, help="K for -log p(y|x)")
     q.add_argument("--examples", type=positive_int, default=None, help="score only the first N test images")
     q.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training images")
-    q.add_argument("--seed", type=int, default=0, help="random seed")
+    q.add_argument("--seed", type=seed_setting, default=0, help="random seed")
     q.add_argument("--out", default="runs/quadrants", help="folder for results.json, weights and figures")
     q.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     q.add_argument("--quiet", action="store_true", help="no opening line or per-result lines")
@@ -421,7 +421,7 @@ def parser():
     s.add_argument("--out", default=None, help="PNG, PDF or SVG path (default: a new file in RUN_DIR named for what it "
                                                "holds, e.g. samples-n64-seed0.png)")
     s.add_argument("--replace", action="store_true", help="draw over an existing file")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--seed", type=seed_setting, default=0, help="random seed")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     f = sub.add_parser("figures", help="draw a run's figures again from its checkpoint (after Ctrl-C, or to replace them)",

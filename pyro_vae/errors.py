@@ -94,6 +94,16 @@ def share_or_count(name, value):
     return value
 
 
+def random_seed(name, value):
+    """`value` if it is a whole number in 0..2**32-1 (what torch, NumPy and Pyro all take as a seed),
+    else a BadType or BadValue naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadType(f"{name} must be a whole number in 0..2**32-1, got {value!r}")
+    if not 0 <= value < 2 ** 32:
+        raise BadValue(f"{name} must be a whole number in 0..2**32-1, got {str(value)[:40]}")
+    return value
+
+
 def non_negative_number(name, value):
     """`value` if it is a finite number not below 0, else a UserError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

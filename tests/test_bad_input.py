@@ -13,9 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyro_vae import Config, UserError, download, train
+from pyro_vae import Config, UserError, compare, download, sample_run, train
 from pyro_vae.data import read_idx
 from pyro_vae.runs import load_checkpoint
+from pyro_vae.runs.quadrants import run_quadrants
 
 SMALL = ["--hidden", "8", "--z-dim", "2", "--train-size", "64", "--epochs", "1", "--quiet", "--device", "cpu"]
 
@@ -244,6 +245,38 @@ def test_resume_of_something_that_is_not_a_run(cli_error, tmp_path):
 def test_sample_label_out_of_range(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run", "cvae1")
     cli_error(["sample", str(run), "--label", "12"], "label 12 out of range 0..9")
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999999"])
+def test_a_seed_outside_what_the_generators_take_is_one_line_everywhere(cli_error, tmp_path, fake_run, seed):
+    """Every command's --seed (and compare's --seeds) is checked as train's is: NumPy's generator
+    takes 0..2**32-1 and used to raise its own traceback from `sample`."""
+    run = fake_run(tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    cli_error(["sample", str(run), "--seed", seed], "--seed", "0..2**32-1")
+    assert sorted(p.name for p in run.iterdir()) == before  # no figure started
+    cli_error(["train", "--seed", seed, *SMALL, "--out", str(tmp_path / "t")], "--seed", "0..2**32-1")
+    cli_error(["quadrants", "--seed", seed, "--out", str(tmp_path / "q")], "--seed", "0..2**32-1")
+    cli_error(["compare", "--models", "vae,cvae1", "--seeds", f"0,{seed}", "--out", str(tmp_path / "c")],
+              "--seeds", "0..2**32-1")
+    assert not any((tmp_path / d).exists() for d in "tqc")
+    with pytest.raises(UserError, match="seed must be a whole number in 0..2"):
+        sample_run(run, seed=int(seed))
+    with pytest.raises(UserError, match="seed must be a whole number in 0..2"):
+        run_quadrants(tmp_path / "q", seed=int(seed))
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("seeds", [10 ** 12, 10_001, 0, -2, "abc", [0] * 10_001, True])
+def test_a_number_of_seeds_too_large_is_refused_before_it_is_counted_out(tmp_path, seeds):
+    """`compare --seeds N` makes the list 0..N-1: a huge N (a typo) is one line, not memory filled."""
+    with pytest.raises(UserError, match="seeds"):
+        compare(tmp_path / "c", vary={"model": ["vae", "cvae1"]}, seeds=seeds, progress=False)
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "e.toml").write_text(f"seeds = {json.dumps(seeds)}\n[vary]\nmodel = ['vae', 'cvae1']\n")
+    with pytest.raises(UserError, match="seeds"):
+        compare(tmp_path / "c", experiment=tmp_path / "e.toml", progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_config_json_keeps_every_setting(tmp_path, fake_run):

@@ -40,6 +40,7 @@ EXPERIMENT_FILE = "experiment.toml"
 # What `compare` may vary or share: every train setting a user sets (not what training writes).
 SETTINGS = [f for f in Config.__dataclass_fields__ if f not in WRITTEN_BY_TRAINING + ("data_dir", "device")]
 EVALUATION = {"iw_samples": 1000, "examples": None, "fidelity_samples": 100}
+MAX_SEEDS = 10_000  # a cell per seed and variant, each a training run: more is a typo
 # The metrics of the summary: eval.json key -> (what it is, whether higher is better).
 METRICS = {
     "test_log_likelihood": ("importance-sampled test log-likelihood, nats per example", True),
@@ -116,8 +117,9 @@ def check_experiment(shared, vary, seeds):
             raise UserError(f"compare: {k} varies over a non-empty list of values, got {values!r}")
         if len(set(map(repr, values))) != len(values):
             raise UserError(f"compare: {k} lists a value twice ({values})")
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UserError(f"compare: seeds are distinct whole numbers >= 0, got {seeds!r}")
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2 ** 32 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise UserError(f"compare: seeds are distinct whole numbers in 0..2**32-1, got {str(seeds)[:80]}")
     for values in itertools.product(*vary.values()):  # a bad value says so before any training
         Config(**{**shared, **dict(zip(vary, values)), "seed": seeds[0]}).resolved()
 
@@ -146,6 +148,19 @@ def experiment_text(shared, vary, seeds, evaluation):
     return "\n".join(lines) + "\n"
 
 
+def seed_list(seeds):
+    """The seeds of a grid: N means 0..N-1; a list is kept as given (`check_experiment` reads its values)."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if not 0 < seeds <= MAX_SEEDS:
+            raise BadValue(f"compare: seeds is a number of seeds in 1..{MAX_SEEDS} or a list of seeds, got "
+                           f"{str(seeds)[:40]}")
+        return list(range(seeds))
+    if not isinstance(seeds, (list, tuple)) or len(seeds) > MAX_SEEDS:
+        raise BadValue(f"compare: seeds is a number of seeds in 1..{MAX_SEEDS} or a list of at most {MAX_SEEDS} seeds, "
+                       f"got {str(seeds)[:80]}")
+    return list(seeds)
+
+
 def read_experiment(path):
     """(shared, vary, seeds, evaluation) of an experiment TOML file, or a one-line UserError."""
     path = Path(path)
@@ -168,7 +183,7 @@ def parse_experiment(text, path="experiment"):
         raise UserError(f"{path}: unknown table(s) or key(s) {', '.join(extra)}; an experiment has seeds, [shared], "
                         f"[vary] and [evaluate]")
     seeds = spec.get("seeds", 5)
-    seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    seeds = seed_list(seeds)
     for table in ("shared", "vary", "evaluate"):
         if not isinstance(spec.get(table, {}), dict):
             raise UserError(f"{path}: {table} is a table ([{table}]), not a value")
@@ -221,7 +236,7 @@ def compare(out, vary=None, seeds=5, shared=None, evaluation=None, experiment=No
             raise UserError("compare: give an experiment file or the grid's settings, not both")
         shared, vary, seeds, evaluation = read_experiment(experiment)
     shared, vary = dict(shared or {}), dict(vary or {})
-    seeds = list(range(positive_int("seeds", seeds))) if isinstance(seeds, int) else list(seeds)
+    seeds = seed_list(seeds)
     evaluation = {**EVALUATION, **(evaluation or {})}
     if not vary:
         raise UserError("compare: nothing varies; give at least one setting with several values (e.g. --models "

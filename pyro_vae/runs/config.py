@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..data import BINARIZATIONS, CONDITIONS, DATASETS, is_builtin
 from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, one_of, positive_int, positive_number,
-                      share_or_count)
+                      random_seed, share_or_count)
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
 from ..objectives import ELBOS
@@ -179,8 +179,7 @@ class Config:
         for name in ("lr", "clip_grad"):
             if getattr(c, name) is not None:
                 positive_number(name, getattr(c, name))
-        if isinstance(c.seed, bool) or not isinstance(c.seed, int) or not 0 <= c.seed < 2 ** 32:
-            raise BadValue(f"seed must be a whole number in 0..2**32-1, got {c.seed!r}")
+        random_seed("seed", c.seed)
         share_or_count("val_size", c.val_size)
         if c.patience is not None:
             positive_int("patience", c.patience)

@@ -10,7 +10,7 @@ import torch
 
 from .. import plots
 from ..data import is_builtin
-from ..errors import UserError, positive_int
+from ..errors import UserError, positive_int, random_seed
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
 from .config import SELECT_ON
@@ -154,6 +154,7 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
     draws for one class `label`, or for the `attributes` or `covariates` given (lists of numbers,
     one per value of y)."""
     positive_int("n", n)
+    random_seed("seed", seed)
     if n > MAX_DRAWS:
         raise UserError(f"n {n} is more draws than one figure shows; at most {MAX_DRAWS}")
     asked = [(k, v) for k, v in (("label", label), ("attributes", attributes), ("covariates", covariates))

@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import plots
 from ..data import load_dataset
-from ..errors import UserError
+from ..errors import UserError, random_seed
 from ..files import atomic_write, write_json
 from ..estimators import elbo_per_example, importance_sampled
 from ..models import CVAE3
@@ -190,6 +190,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
     """Train and score every (model, number of given quadrants) on `device`; writes
     OUT/results.json, each model's weights (OUT/<model>-<n>.pt, tensors only) and
     OUT/quadrants-<n>.png. Returns the rows."""
+    random_seed("seed", seed)
     out = create_dir(out, "output folder")
     device = resolve_device(device)
     data = load_dataset(dataset, data_dir, device, binarize=True, train_size=train_size, seed=seed)
