@@ -58,7 +58,10 @@ def write_reason(error):
     elif code in (errno.EACCES, errno.EPERM):
         why = "permission denied"
     elif code == errno.ENOENT:
-        why = "its folder does not exist"
+        failed = getattr(error, "filename", None)  # what the system call was given
+        folder = Path(failed).parent if isinstance(failed, (str, os.PathLike)) else None
+        why = (f"its folder {folder} takes no new files" if folder is not None and folder.is_dir()  # e.g. /proc
+               else "its folder does not exist")
     elif code in (errno.EISDIR, errno.ENOTDIR):
         why = "a directory and a file are in each other's way"
     else:

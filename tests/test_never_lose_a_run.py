@@ -199,6 +199,19 @@ def test_sample_out_is_checked_before_any_work(run, tmp_path, cli_error, out, ne
     assert not (tmp_path / "plain.png").exists()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_new_files_is_not_called_missing(run, tmp_path, cli_error):
+    """/proc exists but refuses new names with ENOENT: the error names the folder rather than saying
+    it does not exist (which would send the user looking for a folder that is there)."""
+    before = hashes(run)
+    cli_error(["sample", str(run), "--out", "/proc/pyro-vae-test.png"], "/proc takes no new files")
+    cli_error(["train", "--out", "/proc/pyro-vae-test/run", "--epochs", "1"], "/proc takes no new files")
+    cli_error(["download", "kmnist", "--dest", "/proc/pyro-vae-test"], "/proc takes no new files")
+    assert hashes(run) == before
+    from pyro_vae.files import write_reason
+    assert write_reason(FileNotFoundError(2, "No such file", str(tmp_path / "gone" / "x"))) == "its folder does not exist"
+
+
 def test_quadrants_out_under_a_file(tmp_path, cli_error):
     (tmp_path / "file").write_text("x")
     cli_error(["quadrants", "--dataset", "digits", "--out", str(tmp_path / "file" / "sub")], "cannot write")
