@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BadType, BadValue, UserError, first_line, positive_int, share_or_count
+from .errors import BadType, BadValue, UserError, counted, first_line, positive_int, share_or_count
 from .files import TEMP_PREFIX, cache_dir, write_error
 
 IDX_FILES = {
@@ -519,6 +519,8 @@ def arrays(name, source, classes=None, y_names=None):
                 raise UserError(f"{name}: labels_test or y_test without x_test")
             continue
         x = as_array(x, f"{name}: x{suffix}")
+        if x.dtype == np.bool_:  # binary images or features: 0 and 1
+            x = x.astype(np.uint8)
         if x.ndim not in (2, 3, 4) or len(x) == 0:
             raise UserError(f"{name}: x{suffix} has shape {x.shape}; give (N, D) vectors, (N, H, W) or (N, C, H, W) "
                             f"images, with N > 0")
@@ -526,8 +528,8 @@ def arrays(name, source, classes=None, y_names=None):
             raise UserError(f"{name}: x{suffix} holds {x.dtype} values, not numbers")
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(1) if np.issubdtype(x.dtype, np.floating) else np.zeros(len(x), bool)
         if bad.any():
-            raise UserError(f"{name}: x{suffix} holds NaN or infinite values (example {int(np.flatnonzero(bad)[0])}, "
-                            f"{int(bad.sum())} examples in all)")
+            raise UserError(f"{name}: x{suffix} holds NaN or infinite values (example {int(np.flatnonzero(bad)[0])}; "
+                            f"{counted(int(bad.sum()), 'example')} in all)")
         out["x" + suffix] = x
         n = len(x)
         for key in ("labels", "y"):
@@ -542,6 +544,8 @@ def arrays(name, source, classes=None, y_names=None):
             else:
                 if v.ndim == 1:
                     v = v[:, None]
+                if v.dtype == np.bool_:  # attributes as True/False
+                    v = v.astype(np.float32)
                 if v.ndim != 2 or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v).all():
                     raise UserError(f"{name}: {key}{suffix} must be finite numbers of shape (N,) or (N, D), got "
                                     f"{v.dtype} {v.shape}" + (" with NaN or infinite values" if v.ndim == 2 else ""))
@@ -579,6 +583,8 @@ def as_array(v, what):
 
 
 def check_labels(name, v, key, classes):
+    if v.dtype == np.bool_:  # two classes as False/True: 0 and 1
+        v = v.astype(np.int64)
     if v.ndim != 1:
         raise UserError(f"{name}: {key} must be one class number per example, shape (N,), got {v.shape}")
     if not np.issubdtype(v.dtype, np.number) or (np.issubdtype(v.dtype, np.floating) and
@@ -632,7 +638,7 @@ def assemble(name, a, device="cpu", binarize=True, val_size=0.1, train_size=None
         order = np.random.default_rng(TEST_SEED).permutation(len(x))
         n_test = int(round(TEST_SHARE * len(x)))
         if n_test < 1 or n_test >= len(x):
-            raise UserError(f"{name}: {len(x)} examples and no test split: too few to carve one off "
+            raise UserError(f"{name}: {counted(len(x), 'example')} and no test split: too few to carve one off "
                             f"(give x_test, or more examples)")
         test, rest = np.sort(order[:n_test]), np.sort(order[n_test:])
         facts["test"] = f"carved off: {n_test} of {len(x)} examples ({TEST_SHARE:.0%}, seed {TEST_SEED})"

@@ -82,6 +82,25 @@ def test_npy_and_given_test_split(tmp_path):
     assert len(data.splits["test"][0]) == 100 and data.facts["test"] == "given"
 
 
+def test_true_false_arrays_load_as_their_zeros_and_ones(tmp_path):
+    """Binary images, two-class labels and attributes saved as NumPy booleans (once refused as "not
+    numbers") load exactly as the same arrays saved as 0 and 1."""
+    rng = np.random.default_rng(0)
+    x, labels, y = rng.random((120, 3, 5)) > 0.5, rng.random(120) > 0.5, rng.random((120, 2)) > 0.5
+    np.savez(tmp_path / "bool.npz", x=x, labels=labels, x_test=x[:30], labels_test=labels[:30])
+    np.savez(tmp_path / "ints.npz", x=x.astype(np.uint8), labels=labels.astype(int), x_test=x[:30].astype(np.uint8),
+             labels_test=labels[:30].astype(int))
+    np.savez(tmp_path / "attr.npz", x=x, y=y)
+    np.savez(tmp_path / "attr01.npz", x=x.astype(np.float32), y=y.astype(np.float32))
+    for a, b in [("bool", "ints"), ("attr", "attr01")]:
+        one, other = (load_dataset(str(tmp_path / f"{name}.npz")) for name in (a, b))
+        assert one.kind == other.kind == "pixels" and one.condition == other.condition and one.y_dim == other.y_dim
+        for split in ("train", "val", "test"):
+            for u, v in zip(one.splits[split], other.splits[split]):
+                assert u.dtype == v.dtype and torch.equal(u, v), (a, split)
+    assert load_dataset(str(tmp_path / "bool.npz")).classes == ["0", "1"]
+
+
 @pytest.mark.parametrize("colour", [False, True])
 def test_image_folder_round_trip(tmp_path, colour):
     x, labels = digit_arrays(120)
