@@ -150,6 +150,9 @@ def seeds_setting(text):
 
 
 seed_setting = checked(int, errors.random_seed)
+non_negative_float = checked(float, errors.non_negative_number)
+count_setting = checked(int, errors.count)
+threads_setting = checked(int, errors.cpu_threads)
 
 
 def shard_setting(text):
@@ -253,16 +256,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
 
 
-def non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
 def parser():
     F = facts()
     p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
@@ -316,7 +309,7 @@ def parser():
                    help="ELBO particles per example (K of the IWAE bound)")
     t.add_argument("--beta", type=non_negative_float, default=c.beta,
                    help="KL weight (beta-VAE); with --model ae, 0 drops the prior term: a plain autoencoder")
-    t.add_argument("--warmup-epochs", type=int, default=c.warmup_epochs,
+    t.add_argument("--warmup-epochs", type=count_setting, default=c.warmup_epochs,
                    help="ramp the KL weight linearly from 0 to beta over this many epochs")
     t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")
@@ -462,7 +455,7 @@ def parser():
                    help="the variant differences are paired against (default: the first)")
     k.add_argument("--quiet", action="store_true", help="a line per cell only")
     for command in (t, e, q, s, f, k):
-        command.add_argument("--threads", type=positive_int, default=None, metavar="N",
+        command.add_argument("--threads", type=threads_setting, default=None, metavar="N",
                              help="CPU threads for torch (default: torch's choice, all cores; on a shared machine "
                                   "or for small networks 1 is often faster)")
     p.train_parser = t  # main() resets its defaults to tell which settings a --resume was given

@@ -2,6 +2,7 @@
 single values that every layer shares (layer 0: imports nothing of the package)."""
 
 import math
+import os
 
 
 class UserError(Exception):
@@ -91,6 +92,26 @@ def share_or_count(name, value):
         raise BadType(f"{name} must be a share in (0, 1) or a whole number of examples, got {value!r}")
     if not finite(value) or not value > 0 or (value >= 1 and value != int(value)):
         raise BadValue(f"{name} must be a share in (0, 1) or a whole number of examples, got {value!r}")
+    return value
+
+
+def count(name, value):
+    """`value` if it is a whole number not below 0 (a number of epochs that may be none), else a
+    BadType or BadValue naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadType(f"{name} must be a whole number not below 0, got {value!r}")
+    if value < 0:
+        raise BadValue(f"{name} must be a whole number not below 0, got {value!r}")
+    return value
+
+
+def cpu_threads(name, value):
+    """`value` if it is a whole number from 1 to the CPUs this process may run on (more threads than
+    that only wait for each other; 100,000 of them exhaust memory), else a BadType or BadValue."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    positive_int(name, value)
+    if value > available:
+        raise BadValue(f"{name} must be at most {available}, the CPUs this process may use, got {str(value)[:40]}")
     return value
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import distributed
 from .capture import CapturedStep, CaptureFailed
 from .data import BINARIZATIONS, batch_count, batches, batches_apart
-from .errors import BadValue, Diverged, UserError, one_of, positive_int
+from .errors import BadValue, Diverged, UserError, count, non_negative_number, one_of, positive_int, positive_number
 from .estimators import elbo_per_example, importance_sampled
 from .models import model_inputs
 from .nets import choosing_products, flush_denormals, new_choices
@@ -152,6 +152,11 @@ class Trainer:
 
     def __init__(self, model, elbo=None, lr=1e-3, beta=1.0, warmup_epochs=0, clip_grad=None, inputs=None,
                  compile="auto", labelled_batches="mixed", binarization="uniform"):
+        positive_number("lr", lr)
+        non_negative_number("beta", beta)
+        count("warmup_epochs", warmup_epochs)
+        if clip_grad is not None:
+            positive_number("clip_grad", clip_grad)
         # pyro.module registers parameters by name in Pyro's global store; a store still holding an
         # earlier model's tensors under the same names would shadow this model's (JIT tracing and
         # pyro.optim read the store), so start from an empty one.
@@ -234,6 +239,7 @@ class Trainer:
         epoch). A NaN or infinite loss raises `Diverged` at the end of its epoch. Under torchrun each
         process takes its shard of every batch (distributed.py). Denormal floats are flushed to zero
         while it runs (nets.flush_denormals), and large CPU products run as `self.products` chooses."""
+        count("epochs", epochs)
         positive_int("batch_size", batch_size)
         x_train, y_train = data.splits["train"]
         n = len(x_train)
@@ -390,5 +396,6 @@ def fit(model, data, epochs, batch_size=128, lr=1e-3, progress=True, callbacks=(
     """Train `model` on `data` (a `Dataset`) with SVI for `epochs` epochs; returns the per-epoch
     metrics (see `Trainer.run`). `options` are the `Trainer`'s: `elbo`, `beta`, `warmup_epochs`,
     `clip_grad`, `inputs`."""
+    positive_int("epochs", epochs)
     trainer = Trainer(model, lr=lr, **options)
     return trainer.run(data, epochs, batch_size, [Progress()] * bool(progress) + list(callbacks))

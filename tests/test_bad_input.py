@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pyro_vae
 from pyro_vae import Config, UserError, compare, download, sample_run, train
 from pyro_vae.data import read_idx
 from pyro_vae.runs import load_checkpoint
@@ -70,6 +71,44 @@ def test_non_positive_sizes_rates_and_epochs(cli_error, option, value):
 def test_non_positive_settings_in_the_api(setting, value):
     with pytest.raises(UserError, match=setting):
         Config(**{setting: value}).resolved()
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda m, d: pyro_vae.fit(m, d, epochs=-1, progress=False), "epochs must be a positive whole number"),
+    (lambda m, d: pyro_vae.fit(m, d, epochs=1, lr=float("nan"), progress=False), "lr must be a positive finite"),
+    (lambda m, d: pyro_vae.fit(m, d, epochs=1, beta=-1.0, progress=False), "beta must be a finite number not below 0"),
+    (lambda m, d: pyro_vae.Trainer(m, warmup_epochs=-1), "warmup_epochs must be a whole number not below 0"),
+    (lambda m, d: pyro_vae.Trainer(m, warmup_epochs=2.5), "warmup_epochs must be a whole number"),
+    (lambda m, d: pyro_vae.Trainer(m, clip_grad=0.0), "clip_grad must be a positive finite number"),
+    (lambda m, d: pyro_vae.Trainer(m).run(d, "3", 32), "epochs must be a whole number not below 0"),
+])
+def test_the_trainer_checks_its_own_settings(call, needle):
+    """`fit` and `Trainer` are public: a negative epoch count used to train nothing and return [], a
+    NaN rate raised torch's own ValueError, a negative KL weight trained on."""
+    data = pyro_vae.load_dataset("digits", train_size=64)
+    model = pyro_vae.build_model("vae", data.x_dim, z_dim=2, hidden=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(UserError, match=needle):
+        call(model, data)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before any step
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--beta", "nan", "finite number not below 0"), ("--beta", "inf", "finite number not below 0"),
+    ("--beta", "-1", "not below 0"), ("--warmup-epochs", "-1", "not below 0"), ("--warmup-epochs", "1.5", "whole"),
+    ("--threads", "100000", "the CPUs this process may use"), ("--threads", "0", "positive"),
+])
+def test_weights_schedules_and_threads_are_checked_as_they_are_read(cli_error, tmp_path, option, value, needle):
+    cli_error(["train", option, value, *SMALL, "--out", str(tmp_path / "run")], option, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_more_threads_than_cpus(tmp_path):
+    import os
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(UserError, match=f"at most {cpus}"):
+        compare(tmp_path / "c", vary={"model": ["vae", "cvae1"]}, seeds=1, threads=cpus + 1, progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_unknown_device(cli_error):

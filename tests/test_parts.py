@@ -247,8 +247,9 @@ def test_autoencoder_with_beta_zero_is_trained_on_reconstruction_alone():
     recon = torch.distributions.Bernoulli(logits=model.decoder.net(code)).log_prob(x).sum()
     assert torch.allclose(-loss, recon, atol=1e-5)
     assert Config(model="ae", beta=0.0).resolved().beta == 0.0
-    with pytest.raises(UserError, match="must not be negative"):
-        Config(beta=-1.0).resolved()
+    for beta in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="beta must be a finite number not below 0"):
+            Config(beta=beta).resolved()
 
 
 def test_a_parts_own_arguments_are_set_recorded_rebuilt_and_checked(tmp_path, cli_error):

@@ -27,7 +27,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from .. import plots
-from ..errors import BadValue, UserError, positive_int
+from ..errors import BadValue, UserError, cpu_threads, positive_int
 from ..files import atomic_write, write_error, write_json
 from ..models import model_class
 from .config import WRITTEN_BY_TRAINING, Config
@@ -243,6 +243,8 @@ def compare(out, vary=None, seeds=5, shared=None, evaluation=None, experiment=No
                         "cvae1,cvae2)")
     check_experiment(shared, vary, seeds)
     positive_int("jobs", jobs)
+    if threads is not None:
+        cpu_threads("threads", threads)
     out = Path(out)
     text = experiment_text(shared, vary, seeds, evaluation)
     try:

@@ -18,7 +18,7 @@ from torch import nn
 from pathlib import Path
 
 from ..data import BINARIZATIONS, CONDITIONS, DATASETS, is_builtin
-from ..errors import (BadType, BadValue, UserError, finite, non_negative_number, one_of, positive_int, positive_number,
+from ..errors import (BadType, BadValue, UserError, count, non_negative_number, one_of, positive_int, positive_number,
                       random_seed, share_or_count)
 from ..models import model_class
 from ..nets import ACTIVATIONS, NETS, widths
@@ -200,10 +200,8 @@ class Config:
                            f"is {c.elbo}: select on its validation ELBO (--select-on elbo)")
         if c.init_from is not None:
             c.init_from = weights_file(c.init_from)
-        if not c.beta >= 0 or c.warmup_epochs < 0:  # beta 0 with the delta guide: a plain autoencoder
-            raise BadValue(f"beta and warmup_epochs must not be negative, got {c.beta}, {c.warmup_epochs}")
-        if not finite(c.beta):
-            raise BadValue(f"beta must be a finite number, got {c.beta}")
+        non_negative_number("beta", c.beta)  # beta 0 with the delta guide: a plain autoencoder
+        count("warmup_epochs", c.warmup_epochs)
         if c.jit and (c.warmup_epochs or c.elbo == "iwae"):
             raise UserError("--jit compiles the loss once, so it cannot follow a KL warm-up or the iwae "
                             "objective; drop --jit or those")
