@@ -127,6 +127,23 @@ def test_figures_replace_a_symlink_instead_of_writing_through_it(run, tmp_path, 
     assert not (run / figure).is_symlink() and (run / figure).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("damage", ['{"epoch": "x"}', "[1]", '"text"', '{"epoch": 3, "tra', "DUP",
+                                    '{"epoch": 99, "train_elbo": -1, "val_elbo": -1, "seconds": 1}', "\x00\xff"])
+def test_a_damaged_metrics_file_is_one_line_and_a_resume_writes_it_again(run, cli_error, damage):
+    """metrics.jsonl is written whole and atomically, so a bad line came from elsewhere (an editor, a
+    merge): `figures` says which line in one line (it raised KeyError, TypeError or JSONDecodeError),
+    and a resume writes the file again from the checkpoint."""
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_bytes(good.encode() + (good.splitlines()[-1] if damage == "DUP" else damage).encode("latin-1"))
+    cli_error(["figures", str(run), "--device", "cpu"], "metrics.jsonl: line 3 is not epoch 3's metrics")
+    with pytest.raises(UserError, match="line 3"):
+        pyro_vae.read_metrics(run)
+    pyro_vae.train(resume=run, epochs=3, progress=False)
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3] and metrics.read_text().startswith(good)
+
+
 def test_checkpoint_and_metrics_replace_a_symlink_too(run, tmp_path):
     victim = tmp_path / "precious.bin"
     victim.write_bytes(b"precious")

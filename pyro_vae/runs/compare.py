@@ -298,9 +298,9 @@ def finished(run_dir, evaluation):
     try:
         scored = json.loads(result.read_text())
         config = read_config(run_dir)
+        metrics = read_metrics(run_dir)
     except (ValueError, OSError, UserError):
         return False
-    metrics = read_metrics(run_dir)
     return (bool(metrics) and metrics[-1]["epoch"] >= config.epochs and scored.get("iw_samples") == evaluation["iw_samples"]
             and scored.get("examples_asked") == evaluation["examples"])
 
@@ -348,7 +348,10 @@ def run_cell(out, cell, shared, evaluation, threads=None, progress=False, worker
     try:
         if (run_dir / "config.json").is_file():
             config = read_config(run_dir)
-            done = read_metrics(run_dir)
+            try:
+                done = read_metrics(run_dir)
+            except UserError:  # damaged: the resume writes it again from the checkpoint
+                done = []
             if not done or done[-1]["epoch"] < config.epochs:
                 train(resume=run_dir, progress=progress)
         else:
@@ -387,8 +390,12 @@ def read_cells(out):
         except UserError as e:
             cells.append((run_dir.name, variant, seed, None, [], None, [f"config.json: {e}"]))
             continue
-        metrics = read_metrics(run_dir)
         missing = []
+        try:
+            metrics = read_metrics(run_dir)
+        except UserError as e:
+            metrics = []
+            missing.append(str(e))
         if not metrics:
             missing.append("no finished epoch")
         elif metrics[-1]["epoch"] < config.epochs:

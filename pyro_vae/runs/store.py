@@ -61,10 +61,31 @@ def write_metrics(run_dir, history):
 
 
 def read_metrics(run_dir):
+    """The epochs' metrics of a run, in order ([] before the first epoch), or a one-line UserError
+    for a file that is not what `write_metrics` writes (it writes whole files, atomically: a bad line
+    was put there by something else; `train(resume=...)` writes the file again from the checkpoint)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_bytes().decode(errors="replace").splitlines()  # a bad byte spoils its line only
+    except OSError as e:
+        raise UserError(f"{path} is not readable ({first_line(e)})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+                and record["epoch"] == len(records) + 1
+                and all(isinstance(record.get(k), (int, float)) for k in ("train_elbo", "val_elbo", "seconds"))):
+            raise UserError(f"{path}: line {number} is not epoch {len(records) + 1}'s metrics; "
+                            f"resuming the run writes the file again from its checkpoint")
+        records.append(record)
+    return records
 
 
 class RunLock:
