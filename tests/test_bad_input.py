@@ -6,6 +6,7 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,7 +247,13 @@ def test_truncated_checkpoint(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     raw = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(raw[: len(raw) // 2])
-    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not a loadable pyro-vae checkpoint")
+    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not a loadable pyro-vae checkpoint",
+              "cut short")
+    (run / "checkpoint.pt").write_bytes(b"")
+    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "(an empty file)")
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").symlink_to("/etc/hostname" if Path("/etc/hostname").is_file() else __file__)
+    cli_error(["evaluate", str(run), "--iw-samples", "2", "--quiet"], "not the zip archive torch.save writes")
 
 
 class Payload:

@@ -17,6 +17,7 @@ import random
 import re
 import socket
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,10 @@ def load_checkpoint(path, model=None, config=None):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # torch.save's format: torch's own message here is about mmap
+        size = path.stat().st_size
+        raise UserError(f"{path}: not a loadable pyro-vae checkpoint ("
+                        f"{'an empty file' if size == 0 else 'cut short, or not the zip archive torch.save writes'})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:  # what weights_only=True raises for a pickled object
