@@ -423,14 +423,30 @@ def content_hash(path):
     return h.hexdigest()
 
 
+DEEP_GREY = ("I;16", "I;16L", "I;16B", "I")  # 16-bit grey PNGs (Pillow's convert("L") clips them at 255)
+
+
+def pixels(im, colour):
+    """An image as float32 values in [0, 1] by its own bit depth: 16-bit grey divided by 65535, the
+    rest by 255; (H, W), or (H, W, 3) for a colour set."""
+    if im.mode in DEEP_GREY:
+        values = np.asarray(im, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UserError(f"a {im.mode} image with grey values outside 0..65535")
+        x = (values / 65535).astype(np.float32)
+        return np.repeat(x[..., None], 3, axis=-1) if colour else x
+    return np.asarray(im.convert("RGB" if colour else "L"), dtype=np.float32) / 255
+
+
 def read_image_folder(folder):
     """(arrays, class names) of a folder of images in one subfolder per class, or of its `train/`
     and `test/` folders of those. Grey images stay grey (N, H, W); any colour image makes the set
-    RGB (N, 3, H, W). Every image must have the same size."""
+    RGB (N, 3, H, W). Every image must have the same size. 8-bit images come as bytes (0..255);
+    where any image is 16-bit grey, all come as values in [0, 1], each by its own depth."""
     from PIL import Image, UnidentifiedImageError  # matplotlib brings Pillow
 
     def classes_of(root):
-        dirs = sorted(d for d in root.iterdir() if d.is_dir())
+        dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))  # .git, .ipynb_checkpoints
         if not dirs:
             raise UserError(f"{root}: no class subfolders (a folder of images holds one subfolder per class)")
         return dirs
@@ -447,6 +463,8 @@ def read_image_folder(folder):
                         images.append(im.copy())
                 except (UnidentifiedImageError, OSError) as e:
                     raise UserError(f"{q}: not a readable image ({type(e).__name__})") from None
+                except Image.DecompressionBombError as e:  # more pixels than Pillow will decode
+                    raise UserError(f"{q}: {first_line(e)}") from None
                 labels.append(k)
         if not images:
             raise UserError(f"{root}: the class folders hold no images")
@@ -464,14 +482,16 @@ def read_image_folder(folder):
         if test_names != names:  # a class absent from the test split: map by name
             index = {n: k for k, n in enumerate(names)}
             parts["_test"] = (parts["_test"][0], np.asarray([index[test_names[k]] for k in parts["_test"][1]]))
-    colour = any(im.mode not in ("L", "1", "I;16", "I") for images, _ in parts.values() for im in images)
+    colour = any(im.mode not in ("L", "1") + DEEP_GREY for images, _ in parts.values() for im in images)
+    deep = any(im.mode in DEEP_GREY for images, _ in parts.values() for im in images)
     sizes = {im.size for images, _ in parts.values() for im in images}
     if len(sizes) > 1:
         raise UserError(f"{folder}: images of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:4])}); "
                         f"every image must have the same size")
     source = {}
     for suffix, (images, labels) in parts.items():
-        x = np.stack([np.asarray(im.convert("RGB" if colour else "L"), dtype=np.uint8) for im in images])
+        x = np.stack([pixels(im, colour) if deep else np.asarray(im.convert("RGB" if colour else "L"), dtype=np.uint8)
+                      for im in images])
         source["x" + suffix] = x.transpose(0, 3, 1, 2) if colour else x
         source["labels" + suffix] = labels
     return source, names

@@ -192,6 +192,40 @@ def test_bad_image_folder_gets_one_line(tmp_path, make, needle):
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+def test_a_folder_of_16_bit_images_keeps_its_grey_levels(tmp_path):
+    """Pillow's convert("L") clips 16-bit grey at 255: a folder of 16-bit PNGs used to load as nearly
+    all white. Now each image is read by its own depth, 8-bit and 16-bit alike, into [0, 1]."""
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, size=(12, 6, 5), dtype=np.uint16)
+    shallow = rng.integers(0, 256, size=(12, 6, 5), dtype=np.uint8)
+    for k, (a, b) in enumerate(zip(deep, shallow)):
+        (tmp_path / "set" / "deep").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "set" / "byte").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "set" / "deep" / f"{k:02d}.png")
+        Image.fromarray(b).save(tmp_path / "set" / "byte" / f"{k:02d}.png")
+    assert Image.open(tmp_path / "set" / "deep" / "00.png").mode.startswith("I")  # written 16-bit
+    source, names = pyro_vae.data.read_image_folder(tmp_path / "set")
+    assert names == ["byte", "deep"]
+    expected = np.concatenate([shallow / 255, deep / 65535]).astype(np.float32)
+    assert np.array_equal(source["x"], expected) and source["labels"].tolist() == [0] * 12 + [1] * 12
+    data = load_dataset(str(tmp_path / "set"))
+    assert data.kind == "pixels" and abs(float(data.splits["train"][0].mean()) - 0.5) < 0.05  # not all white
+
+
+def test_hidden_folders_are_not_classes_and_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    x, labels = digit_arrays(40)
+    write_folder(tmp_path / "images", x, labels % 2)
+    (tmp_path / "images" / ".git").mkdir()
+    (tmp_path / "images" / ".git" / "config").write_text("[core]")
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()
+    assert load_dataset(str(tmp_path / "images")).classes == ["class0", "class1"]
+    from PIL import Image as PILImage
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20)  # an 8x8 digit is then over twice the limit
+    with pytest.raises(UserError, match="decompression bomb") as e:
+        load_dataset(str(tmp_path / "images"))
+    assert "\n" not in str(e.value) and ".png" in str(e.value)
+
+
 def test_real_data_refuses_a_pixel_likelihood_before_writing(tmp_path, cli_error):
     x, t, _ = covariate_arrays(200)
     np.savez(tmp_path / "real.npz", x=x, y=t)
