@@ -397,6 +397,9 @@ def read_files(path):
             if "x" not in f.files:
                 raise UserError(f"{path}: no array named x (it holds {', '.join(f.files) or 'nothing'})")
             source = {k: f[k] for k in f.files if k != "classes"}
+            for key in ("classes", "y_names"):
+                if key in f.files and f[key].ndim != 1:
+                    raise UserError(f"{path}: {key} must be a list of names, shape (K,), got shape {f[key].shape}")
             classes = [str(c) for c in f["classes"]] if "classes" in f.files else None
             if "y_names" in source:
                 source["y_names"] = [str(v) for v in source["y_names"]]
@@ -602,6 +605,9 @@ def as_array(v, what):
     return v
 
 
+MAX_CLASSES = 10_000
+
+
 def check_labels(name, v, key, classes):
     if v.dtype == np.bool_:  # two classes as False/True: 0 and 1
         v = v.astype(np.int64)
@@ -612,6 +618,9 @@ def check_labels(name, v, key, classes):
         raise UserError(f"{name}: {key} must be whole class numbers 0..K-1, got {v.dtype} values")
     if v.min() < 0:
         raise UserError(f"{name}: {key} has label {int(v.min())}; class numbers run from 0")
+    if v.max() >= MAX_CLASSES:  # each example's y is a one-hot vector of that many classes
+        raise UserError(f"{name}: {key} has label {int(v.max())}: at most {MAX_CLASSES} classes, numbered "
+                        f"0..K-1 (renumber them with np.unique(labels, return_inverse=True))")
     if classes is not None and v.max() >= len(classes):
         raise UserError(f"{name}: {key} has label {int(v.max())} out of range 0..{len(classes) - 1}")
     return v.astype(np.int64)

@@ -148,6 +148,9 @@ def test_from_arrays_in_memory_through_train_evaluate_resume(tmp_path):
     (dict(x=np.zeros((0, 4))), "N > 0"),
     (dict(x=np.zeros(10)), "give (N, D) vectors"),
     (dict(x=np.array([["a", "b"], ["c", "d"]])), "not numbers"),
+    (dict(x=np.zeros((10, 4)), labels=np.full(10, 10 ** 9)), "at most 10000 classes"),  # a one-hot of 10**9: OOM
+    (dict(x=np.zeros((10, 4)), labels=np.arange(10) % 3, classes=np.array([["a", "b", "c"]])), "shape (K,)"),
+    (dict(x=np.zeros((10, 4)), y=np.zeros((10, 2)), y_names=np.array([["a", "b"]])), "shape (K,)"),
 ])
 def test_bad_npz_gets_one_line(tmp_path, arrays, needle):
     np.savez(tmp_path / "bad.npz", **arrays)
