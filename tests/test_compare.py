@@ -190,3 +190,21 @@ def test_parallel_jobs_train_every_cell(tmp_path):
     assert cells_of(out) == ["cvae2-seed0", "vae-seed0"] and "failed" not in summary
     for cell in cells_of(out):
         assert json.loads((out / cell / "eval.json").read_text())["examples"] == 40
+
+
+@pytest.mark.parametrize("evaluate", ["iw_samples = -5", 'iw_samples = "many"', "examples = 0", "fidelity_samples = 2.5",
+                                      "iw_samples = true", "bogus = 1"])
+def test_bad_evaluation_settings_are_refused_before_any_cell_trains(tmp_path, evaluate):
+    """An experiment file's [evaluate] table used to be read only once each cell had trained: every
+    cell then failed its evaluation. Now the grid is refused in one line and nothing is written."""
+    spec = tmp_path / "e.toml"
+    spec.write_text(f"seeds = 1\n[shared]\nepochs = 1\n[evaluate]\n{evaluate}\n[vary]\nmodel = ['vae', 'cvae1']\n")
+    key = evaluate.split(" =")[0]
+    with pytest.raises(UserError, match=key) as e:
+        pyro_vae.compare(tmp_path / "c", experiment=spec, progress=False)
+    assert str(spec) in str(e.value)
+    value = json.loads(evaluate.split("= ")[1].replace("'", '"'))
+    with pytest.raises(UserError, match=f"compare: .*{key}"):
+        pyro_vae.compare(tmp_path / "c", vary={"model": ["vae", "cvae1"]}, seeds=1, shared=TINY,
+                         evaluation={key: value}, progress=False)
+    assert not (tmp_path / "c").exists()

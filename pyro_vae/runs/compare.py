@@ -161,6 +161,20 @@ def seed_list(seeds):
     return list(seeds)
 
 
+def check_evaluation(evaluation, where):
+    """The evaluation settings, checked as `evaluate_run` checks them, before any cell trains."""
+    unknown = sorted(set(evaluation) - set(EVALUATION))
+    if unknown:
+        raise UserError(f"{where}: unknown evaluation setting(s) {', '.join(unknown)}; choose from {', '.join(EVALUATION)}")
+    for key, value in evaluation.items():
+        if value is not None or key != "examples":  # examples None: all of the test split
+            try:
+                positive_int(key, value)
+            except UserError as e:
+                raise type(e)(f"{where}: evaluation {e}") from None
+    return evaluation
+
+
 def read_experiment(path):
     """(shared, vary, seeds, evaluation) of an experiment TOML file, or a one-line UserError."""
     path = Path(path)
@@ -187,10 +201,7 @@ def parse_experiment(text, path="experiment"):
     for table in ("shared", "vary", "evaluate"):
         if not isinstance(spec.get(table, {}), dict):
             raise UserError(f"{path}: {table} is a table ([{table}]), not a value")
-    evaluation = {**EVALUATION, **spec.get("evaluate", {})}
-    unknown = sorted(set(evaluation) - set(EVALUATION))
-    if unknown:
-        raise UserError(f"{path}: unknown evaluation setting(s) {', '.join(unknown)}; choose from {', '.join(EVALUATION)}")
+    evaluation = check_evaluation({**EVALUATION, **spec.get("evaluate", {})}, path)
     return dict(spec.get("shared", {})), dict(spec.get("vary", {})), seeds, evaluation
 
 
@@ -242,6 +253,7 @@ def compare(out, vary=None, seeds=5, shared=None, evaluation=None, experiment=No
         raise UserError("compare: nothing varies; give at least one setting with several values (e.g. --models "
                         "cvae1,cvae2)")
     check_experiment(shared, vary, seeds)
+    check_evaluation(evaluation, "compare")
     positive_int("jobs", jobs)
     if threads is not None:
         cpu_threads("threads", threads)
