@@ -12,14 +12,14 @@ import argparse
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_int, script
 from pyro_vae.runs.figures import latent_space_comparison
 from vae_fashion_mnist import RESULTS  # noqa: E402 (same folder)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--out", default="runs/ae-vs-vae")
     args = p.parse_args()

@@ -53,6 +53,7 @@ from torch.nn import functional as F
 import pyro_vae
 from pyro_vae.data import batches, binarize
 from pyro_vae.nets import cat
+from pyro_vae.cli import positive_float, positive_int, threads_setting
 from numpyro_vae import MODELS as NUMPYRO_MODELS  # experiments/numpyro_vae.py: the models it writes in NumPyro
 
 LOG_2PI = math.log(2 * math.pi)
@@ -311,10 +312,10 @@ def main():
     p.add_argument("--quick", action="store_true", help="4k training examples, 3 epochs")
     p.add_argument("--models", default="vae,cvae2")
     p.add_argument("--batches", default="64,256")
-    p.add_argument("--epochs", type=int, default=6, help="per setting; the first is the warm-up")
-    p.add_argument("--train-size", type=int, default=None, help="training examples (default: all 54k)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--epochs", type=positive_int, default=6, help="per setting; the first is the warm-up")
+    p.add_argument("--train-size", type=positive_int, default=None, help="training examples (default: all 54k)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--threads", type=threads_setting, default=1, help="torch CPU threads")
     p.add_argument("--no-plain", dest="plain", action="store_false",
                    help="leave out the textbook SVI loop (Trace_ELBO, pyro.optim.Adam, validation on)")
     p.add_argument("--no-numpyro", dest="numpyro", action="store_false",

@@ -22,6 +22,7 @@ import statistics
 import torch
 
 import pyro_vae
+from pyro_vae.cli import positive_int
 from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
 
 
@@ -37,9 +38,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--modes", default="inductor,on", help="two --compile values, compared first / second")
     p.add_argument("--model", default="vae", choices=["vae", "cvae2"])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=21)
-    p.add_argument("--train-size", type=int, default=12800)
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=21)
+    p.add_argument("--train-size", type=positive_int, default=12800)
     p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
                    help="an Inductor setting for the first mode's compile (a Python literal), e.g. cpp_wrapper=True")
     args = p.parse_args()

@@ -26,6 +26,7 @@ import torch
 
 from pyro_vae import Trainer, build_model, importance_sampled, load_dataset, model_inputs
 from pyro_vae.nets import flush_denormals
+from pyro_vae.cli import positive_int
 
 
 def flushing(on):
@@ -34,11 +35,11 @@ def flushing(on):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--priors", default="vamp,normal")
-    p.add_argument("--test", type=int, default=500)
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=3, help="of the evaluation, each way (0: none)")
+    p.add_argument("--test", type=positive_int, default=500)
+    p.add_argument("--k", type=positive_int, default=1000)
+    p.add_argument("--rounds", type=positive_int, default=3, help="of the evaluation, each way (0: none)")
     p.add_argument("--this-thread", action="store_true", help="a third copy, flushed on the training thread alone")
     args = p.parse_args()
     data = load_dataset("fashion-mnist", val_size=10000)

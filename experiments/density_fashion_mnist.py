@@ -60,7 +60,7 @@ import torch
 
 import pyro_vae
 from pyro_vae import plots
-from pyro_vae.cli import script
+from pyro_vae.cli import non_negative_int, positive_int, val_size_setting, script
 from pyro_vae.errors import counted
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, cpu_name, machine, read_rows  # noqa: E402 (same folder)
@@ -98,17 +98,20 @@ def setup_of(row):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setups", "--priors", default="normal,vamp", help=f"of {', '.join(SETUPS)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    p.add_argument("--first-seed", type=int, default=0, help="start there (a second process on other seeds)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1")
+    p.add_argument("--first-seed", type=non_negative_int, default=0, help="start there (a second process on other seeds)")
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="the cap (2000 for a new run; a stopped run keeps its own unless given); patience 50 decides before it")
-    p.add_argument("--iw-samples", type=int, default=5000)
+    p.add_argument("--iw-samples", type=positive_int, default=5000)
     p.add_argument("--out", default="runs/published")
     p.add_argument("--name", default="density_fashion_mnist", help="results file stem under experiments/results/")
     p.add_argument("--report", action="store_true", help="only write the table and the figure (of the runs so far)")
     p.add_argument("--dataset", default=COMMON["dataset"], help="(another only to try the script)")
-    p.add_argument("--val-size", type=float, default=COMMON["val_size"], help="(another only to try the script)")
+    p.add_argument("--val-size", type=val_size_setting, default=COMMON["val_size"], help="(another only to try the script)")
     args = p.parse_args()
+    if args.first_seed >= args.seeds:
+        p.error(f"--first-seed {args.first_seed} leaves no seed below --seeds {args.seeds} (seeds run from --first-seed "
+                f"to --seeds - 1)")
 
     log = RESULTS / f"{args.name}.jsonl"
     scored = {(setup_of(r), r["seed"]): r for r in read_rows(log)}

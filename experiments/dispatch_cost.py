@@ -15,11 +15,13 @@ import time
 
 import torch
 
+from pyro_vae.cli import positive_int
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--rounds", type=positive_int, default=15)
+    p.add_argument("--calls", type=positive_int, default=20000)
     args = p.parse_args()
     if args.rounds < 1 or args.calls < 1:
         p.error("--rounds and --calls must be at least 1")

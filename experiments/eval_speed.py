@@ -20,6 +20,7 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.cli import positive_int, threads_setting
 
 
 def proc_status(field):
@@ -29,11 +30,11 @@ def proc_status(field):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--examples", type=int, default=10000, help="test images scored (of 10k)")
-    p.add_argument("--samples", type=int, default=5000, help="K")
+    p.add_argument("--examples", type=positive_int, default=10000, help="test images scored (of 10k)")
+    p.add_argument("--samples", type=positive_int, default=5000, help="K")
     p.add_argument("--max-batch", default="65536", help="comma-separated chunk sizes to time")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--threads", type=threads_setting, default=1)
     p.add_argument("--glibc-default", action="store_true",
                    help="leave glibc's mmap and trim thresholds alone (pyro_vae.estimators.keep_freed_memory off), "
                         "to see the page faults it saves")

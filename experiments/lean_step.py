@@ -22,6 +22,7 @@ import torch
 import pyro_vae
 import pyro_vae.capture as capture
 import pyro_vae.svi as svi
+from pyro_vae.cli import positive_int
 from benchmark import paired_summary  # experiments/benchmark.py: Student's t on the paired log ratios
 
 
@@ -39,9 +40,9 @@ class ZeroGradFirst:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--train-size", type=int, default=12800)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--train-size", type=positive_int, default=12800)
+    p.add_argument("--batch", type=positive_int, default=64)
     args = p.parse_args()
     torch.set_num_threads(1)
     data = pyro_vae.load_dataset("fashion-mnist", train_size=args.train_size)

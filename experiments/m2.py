@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_float, positive_int, script
 from pyro_vae.runs import labels_alone
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
@@ -29,16 +29,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--labels", default="100,600,1000,3000")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--hidden", type=int, default=500)
-    p.add_argument("--z-dim", type=int, default=50)
-    p.add_argument("--lr", type=float, default=4.2e-4)
-    p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--alpha", type=float, default=46.0)
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--hidden", type=positive_int, default=500)
+    p.add_argument("--z-dim", type=positive_int, default=50)
+    p.add_argument("--lr", type=positive_float, default=4.2e-4)
+    p.add_argument("--batch-size", type=positive_int, default=200)
+    p.add_argument("--alpha", type=positive_float, default=46.0)
     p.add_argument("--labelled-batches", default="mixed", choices=["mixed", "separate"],
                    help="mixed into every batch, or batches of their own (Pyro's example)")
-    p.add_argument("--iw-samples", type=int, default=100, help="K draws of z per class for log p(x)")
+    p.add_argument("--iw-samples", type=positive_int, default=100, help="K draws of z per class for log p(x)")
     p.add_argument("--out", default="runs/m2")
     p.add_argument("--name", default="m2", help="results file stem under experiments/results/")
     args = p.parse_args()

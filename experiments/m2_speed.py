@@ -16,14 +16,15 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.cli import positive_int, threads_setting
 from vae_fashion_mnist import RESULTS, machine  # noqa: E402 (same folder)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-size", type=int, default=10000)
-    p.add_argument("--rounds", type=int, default=3, help="epochs of each, alternated; the first is a warm-up")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-size", type=positive_int, default=10000)
+    p.add_argument("--rounds", type=positive_int, default=3, help="epochs of each, alternated; the first is a warm-up")
+    p.add_argument("--threads", type=threads_setting, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pyro.set_rng_seed(0)

@@ -19,6 +19,7 @@ import time
 import torch
 
 from pyro_vae.nets import PLAIN_PRODUCT
+from pyro_vae.cli import positive_int, threads_setting
 
 
 def timed(f, n=100, rounds=7):
@@ -35,8 +36,8 @@ def timed(f, n=100, rounds=7):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=positive_int, default=256)
+    p.add_argument("--threads", type=threads_setting, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config = torch.__config__.show()

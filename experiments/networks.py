@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_float, positive_int, script
 from pyro_vae.runs import t_interval
 from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E402 (same folder)
 
@@ -23,14 +23,14 @@ from vae_fashion_mnist import RESULTS, append_row, machine, read_rows  # noqa: E
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", default="mlp,gated,conv")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--hidden", default="300,300", help="the hidden widths of every body (the VampPrior paper's)")
-    p.add_argument("--z-dim", type=int, default=40)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--iw-samples", type=int, default=5000)
-    p.add_argument("--examples", type=int, default=500, help="score the first N test images")
+    p.add_argument("--z-dim", type=positive_int, default=40)
+    p.add_argument("--lr", type=positive_float, default=5e-4)
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--iw-samples", type=positive_int, default=5000)
+    p.add_argument("--examples", type=positive_int, default=500, help="score the first N test images")
     p.add_argument("--out", default="runs/networks")
     args = p.parse_args()
 

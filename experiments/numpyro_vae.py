@@ -27,17 +27,19 @@ import statistics
 import sys
 import time
 
+from pyro_vae.cli import positive_int, seed_setting, threads_setting
+
 MODELS = ("vae", "cvae2")  # the models of experiments/benchmark.py written here in NumPyro
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODELS, default="vae")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=4, help="including the first (compiling) one")
-    p.add_argument("--train-size", type=int, default=None, help="default: the whole training split")
-    p.add_argument("--threads", type=int, default=None, help="pin XLA and torch to this many CPUs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=4, help="including the first (compiling) one")
+    p.add_argument("--train-size", type=positive_int, default=None, help="default: the whole training split")
+    p.add_argument("--threads", type=threads_setting, default=None, help="pin XLA and torch to this many CPUs")
+    p.add_argument("--seed", type=seed_setting, default=0)
     p.add_argument("--serve", action="store_true", help="one epoch per line read on stdin (see above)")
     args = p.parse_args()
     if args.epochs < 2:

@@ -13,14 +13,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import pyro_vae
+from pyro_vae.cli import positive_int
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--train-size", type=int, default=12800, help="training images (the profile's epochs)")
-    p.add_argument("--epochs", type=int, default=1, help="profiled epochs, after one of warm-up")
-    p.add_argument("--rows", type=int, default=20, help="operators shown")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--train-size", type=positive_int, default=12800, help="training images (the profile's epochs)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="profiled epochs, after one of warm-up")
+    p.add_argument("--rows", type=positive_int, default=20, help="operators shown")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "inductor", "off"], help="the step profiled")
     args = p.parse_args()
     torch.set_num_threads(1)

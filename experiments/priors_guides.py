@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pyro_vae
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_int, script
 from vae_fashion_mnist import RESULTS, machine  # noqa: E402 (same folder)
 
 CONFIGS = [  # (prior, guide, objective, particles)
@@ -30,9 +30,9 @@ CONFIGS = [  # (prior, guide, objective, particles)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--iw-samples", type=int, default=5000)
-    p.add_argument("--examples", type=int, default=2000, help="test images scored")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--iw-samples", type=positive_int, default=5000)
+    p.add_argument("--examples", type=positive_int, default=2000, help="test images scored")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--out", default="runs/priors-guides")
     args = p.parse_args()

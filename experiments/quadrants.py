@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_int, script
 from pyro_vae.runs.quadrants import redraw, run_quadrants
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +26,7 @@ BUDGET = dict(epochs=5, batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--epochs", type=int, default=BUDGET["epochs"])
+    p.add_argument("--epochs", type=positive_int, default=BUDGET["epochs"])
     p.add_argument("--runs", default="runs/quadrants")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--redraw", action="store_true", help="redraw the figures and table from a finished run")

@@ -29,6 +29,7 @@ from benchmark import paired_summary  # experiments/benchmark.py: Student's t on
 from pyro_vae import distributed
 from pyro_vae.data import batches
 from pyro_vae.svi import adam_step, is_validation_enabled
+from pyro_vae.cli import positive_int
 
 
 class BeforeTrainer(pyro_vae.Trainer):
@@ -65,9 +66,9 @@ class BeforeTrainer(pyro_vae.Trainer):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--train-size", type=int, default=12800)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--train-size", type=positive_int, default=12800)
+    p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--model", default="vae", choices=["vae", "cvae2"])
     args = p.parse_args()
     torch.set_num_threads(1)

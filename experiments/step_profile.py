@@ -22,6 +22,7 @@ from torch.profiler import profile
 import pyro_vae
 from benchmark import fashion_mnist, hand_written_loss
 from pyro_vae.data import batches, binarize
+from pyro_vae.cli import positive_int, threads_setting
 
 
 def timed(module, key, totals):
@@ -47,10 +48,10 @@ def top_level_ops(fn):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vae")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--train-size", type=int, default=20000)
-    p.add_argument("--epochs", type=int, default=4, help="the first is the warm-up")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--train-size", type=positive_int, default=20000)
+    p.add_argument("--epochs", type=positive_int, default=4, help="the first is the warm-up")
+    p.add_argument("--threads", type=threads_setting, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = fashion_mnist("cpu", args.train_size)

@@ -21,7 +21,7 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.cli import script
+from pyro_vae.cli import positive_int, seed_setting, script
 from pyro_vae.errors import counted
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,10 +60,10 @@ def machine():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--iw-samples", type=int, default=5000)
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--iw-samples", type=positive_int, default=5000)
     p.add_argument("--out", default="runs/vae-fashion-mnist")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_setting, default=0)
     args = p.parse_args()
 
     run_dir = pyro_vae.train(model="vae", dataset="fashion-mnist", z_dim=50, hidden=400, lr=1e-3,

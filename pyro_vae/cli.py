@@ -150,6 +150,7 @@ def seeds_setting(text):
 
 
 seed_setting = checked(int, errors.random_seed)
+non_negative_int = checked(int, errors.count)
 non_negative_float = checked(float, errors.non_negative_number)
 count_setting = checked(int, errors.count)
 threads_setting = checked(int, errors.cpu_threads)

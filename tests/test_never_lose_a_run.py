@@ -418,6 +418,25 @@ def test_an_experiment_script_reports_a_bad_value_in_one_line(tmp_path, script, 
     assert hashes(EXPERIMENTS / "results") == before
 
 
+@pytest.mark.parametrize("script, args, needle", [
+    ("density_fashion_mnist.py", ["--seeds", "-1"], "argument --seeds: must be a positive whole number"),
+    ("density_fashion_mnist.py", ["--epochs", "0"], "argument --epochs: must be a positive whole number"),
+    ("density_fashion_mnist.py", ["--first-seed", "5"], "--first-seed 5 leaves no seed"),
+    ("m2.py", ["--iw-samples", "0"], "argument --iw-samples"), ("vae_fashion_mnist.py", ["--seed", "-1"], "0..2**32-1"),
+    ("compile_modes.py", ["--epochs", "0"], "argument --epochs"), ("benchmark.py", ["--threads", "4096"], "the CPUs"),
+])
+def test_an_experiment_scripts_counts_are_checked_before_it_runs(tmp_path, script, args, needle):
+    """`density_fashion_mnist.py --seeds -1` (or --epochs 0) ran no seed and then wrote the results
+    table anew, 'last written by' that command; compile_modes.py --epochs 0 ended in IndexError. Now
+    every count a script takes is checked as the CLI checks it: exit 2, results untouched."""
+    before = hashes(EXPERIMENTS / "results")
+    child = subprocess.run([sys.executable, str(EXPERIMENTS / script), *args], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+    assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
+    assert child.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ") and needle in child.stderr
+    assert hashes(EXPERIMENTS / "results") == before
+
+
 def test_sigterm_ends_an_experiment_script_in_one_line_and_keeps_its_run(tmp_path):
     """A scheduler's SIGTERM in the middle of a sweep: status 143, one line naming the resume
     command, the run's checkpoint and metrics kept, nothing in the results changed."""
