@@ -317,6 +317,10 @@ def test_multi_hot_attributes_condition_the_samples(tmp_path):
     assert len(result["attribute_agreement_per_attribute"]) == 3
     out = pyro_vae.sample_run(run, n=4, attributes=[1, 0, 1])
     assert out.is_file()
+    with pytest.raises(UserError, match=r"takes 3 finite numbers \(left, middle, right\), got 3, not all finite"):
+        pyro_vae.sample_run(run, n=4, attributes=[float("nan"), 0, 1])
+    with pytest.raises(UserError, match=r"got 2$"):
+        pyro_vae.sample_run(run, n=4, attributes=[1, 0])
     # cvae3 predicts the attributes, with a Bernoulli per attribute
     run3 = pyro_vae.train(model="cvae3", dataset=str(tmp_path / "attr.npz"), out=tmp_path / "run3", progress=False,
                           **SMALL)

@@ -182,7 +182,7 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
         given = [float(v) for v in given]
         if len(given) != data.y_dim or not all(np.isfinite(given)):
             raise UserError(f"--{asked[0][0]} takes {data.y_dim} finite numbers ({', '.join(data.y_names or [])}), "
-                            f"got {len(given)}")
+                            f"got {len(given)}{'' if np.isfinite(given).all() else ', not all finite'}")
         if attributes is not None and set(given) - {0.0, 1.0}:
             raise UserError("--attributes are 0 or 1 each")
     pyro.set_rng_seed(seed)
