@@ -257,9 +257,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
 
 
+def version():
+    """The installed package's version (its metadata: no import of the library)."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("pyro-vae")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def parser():
     F = facts()
     p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
+    p.add_argument("--version", action="version", version=f"pyro-vae {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = HelpFormatter
 

@@ -145,10 +145,13 @@ def test_help_and_argument_errors_do_not_import_torch(tmp_path):
     first = subprocess.run([sys.executable, "-c", code, "train", "--help"], env=env, capture_output=True, text=True)
     assert "--patience" in first.stdout and first.stdout.strip().endswith("TORCH 0")  # computed, then cached
     assert list((tmp_path / "cache" / "pyro-vae").glob("cli-*.json"))
-    for argv, status in [(["--help"], 0), (["train", "--help"], 0), (["compare", "--help"], 0),
+    for argv, status in [(["--help"], 0), (["--version"], 0), (["train", "--help"], 0), (["compare", "--help"], 0),
                          (["train", "--modle", "vae"], 2), (["train", "--model", "cvae9"], 2)]:
         done = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True)
         assert done.stdout.strip().endswith(f"NO-TORCH {status}"), (argv, done.stdout[-200:], done.stderr[-300:])
+    from importlib.metadata import version
+    shown = subprocess.run([sys.executable, "-m", "pyro_vae", "--version"], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.strip() == f"pyro-vae {version('pyro-vae')}"
     # the help is the same as the one read live from the classes
     live = subprocess.run([sys.executable, "-c", "import pyro_vae.runs, sys; from pyro_vae.cli import main; "
                            "main(['train', '--help'])"], env=env, capture_output=True, text=True).stdout
