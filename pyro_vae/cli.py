@@ -152,7 +152,6 @@ def seeds_setting(text):
 seed_setting = checked(int, errors.random_seed)
 non_negative_int = checked(int, errors.count)
 non_negative_float = checked(float, errors.non_negative_number)
-count_setting = checked(int, errors.count)
 threads_setting = checked(int, errors.cpu_threads)
 
 
@@ -321,7 +320,7 @@ def parser():
                    help="ELBO particles per example (K of the IWAE bound)")
     t.add_argument("--beta", type=non_negative_float, default=c.beta,
                    help="KL weight (beta-VAE); with --model ae, 0 drops the prior term: a plain autoencoder")
-    t.add_argument("--warmup-epochs", type=count_setting, default=c.warmup_epochs,
+    t.add_argument("--warmup-epochs", type=non_negative_int, default=c.warmup_epochs,
                    help="ramp the KL weight linearly from 0 to beta over this many epochs")
     t.add_argument("--jit", action="store_true", help="JIT-compiled ELBO (trace, meanfield)")
     t.add_argument("--device", default=c.device, help="auto (CUDA when available), cpu or cuda")

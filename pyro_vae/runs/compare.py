@@ -27,7 +27,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from .. import plots
-from ..errors import BadValue, UserError, cpu_threads, positive_int
+from ..errors import BadValue, UserError, cpu_threads, positive_int, random_seed
 from ..files import atomic_write, write_error, write_json
 from ..models import model_class
 from .config import WRITTEN_BY_TRAINING, Config
@@ -117,9 +117,12 @@ def check_experiment(shared, vary, seeds):
             raise UserError(f"compare: {k} varies over a non-empty list of values, got {values!r}")
         if len(set(map(repr, values))) != len(values):
             raise UserError(f"compare: {k} lists a value twice ({values})")
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2 ** 32 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise UserError(f"compare: seeds are distinct whole numbers in 0..2**32-1, got {str(seeds)[:80]}")
+    for seed in seeds:
+        random_seed("compare: each seed", seed)
+    if not seeds:
+        raise UserError("compare: no seeds; give --seeds N (0..N-1) or a list")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"compare: a seed is listed twice, in {str(seeds)[:80]}")
     for values in itertools.product(*vary.values()):  # a bad value says so before any training
         Config(**{**shared, **dict(zip(vary, values)), "seed": seeds[0]}).resolved()
 
