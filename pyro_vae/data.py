@@ -594,6 +594,9 @@ def arrays(name, source, classes=None, y_names=None):
 
 
 def as_array(v, what):
+    if isinstance(v, (str, os.PathLike)):  # Dataset.from_arrays("mine.npz")
+        raise UserError(f"{what}: {str(v)[:80]!r} is a name, not an array; a data file is read by "
+                        f"load_dataset(path) (or --dataset PATH)")
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu().numpy()
     try:

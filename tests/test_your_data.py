@@ -136,6 +136,12 @@ def test_from_arrays_in_memory_through_train_evaluate_resume(tmp_path):
     pyro_vae.train(resume=run, epochs=2, progress=False)
 
 
+def test_a_path_handed_to_from_arrays_says_how_to_read_a_file(tmp_path):
+    for path in ("mine.npz", tmp_path / "mine.npz"):
+        with pytest.raises(UserError, match=r"is a name, not an array; a data file is read by load_dataset\(path\)"):
+            pyro_vae.Dataset.from_arrays(path)
+
+
 @pytest.mark.parametrize("arrays, needle", [
     (dict(x=np.zeros((10, 4)), labels=np.zeros(9, int)), "x has 10 examples but labels has 9"),
     (dict(x=np.zeros((10, 4)), labels=-np.ones(10, int)), "has label -1"),
