@@ -62,6 +62,8 @@ def write_reason(error):
         folder = Path(failed).parent if isinstance(failed, (str, os.PathLike)) else None
         why = (f"its folder {folder} takes no new files" if folder is not None and folder.is_dir()  # e.g. /proc
                else "its folder does not exist")
+    elif code == errno.EEXIST:  # a folder asked for where a file is
+        why = "a file of that name is in the way of the folder"
     elif code in (errno.EISDIR, errno.ENOTDIR):
         why = "a directory and a file are in each other's way"
     else:

@@ -186,6 +186,13 @@ def test_label_out_of_range(cli_error, tmp_path, no_other_data):
               "label 12 out of range 0..9")
 
 
+def test_download_into_a_file_is_one_line_and_the_file_kept(cli_error, tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    cli_error(["download", "kmnist", "--dest", str(mine)], "a file of that name is in the way of the folder")
+    assert mine.read_text() == "mine"
+
+
 def test_download_checksum_mismatch(tmp_path):
     mirror = write_idx_set(tmp_path / "mirror")  # well-formed files, but not the published ones
     with pytest.raises(UserError, match="checksum mismatch"):
