@@ -208,3 +208,20 @@ def test_bad_evaluation_settings_are_refused_before_any_cell_trains(tmp_path, ev
         pyro_vae.compare(tmp_path / "c", vary={"model": ["vae", "cvae1"]}, seeds=1, shared=TINY,
                          evaluation={key: value}, progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_summarizing_a_folder_of_runs_never_writes_over_a_users_files(tmp_path):
+    """`--summarize DIR` also reads a folder of runs made by hand; there summary.md or curves.png may be
+    the user's own. Without experiment.toml or an earlier summary.json of ours, they are kept and the
+    summary refused in one line; once the folder holds our summary, summarizing again replaces it."""
+    pyro_vae.train(out=tmp_path / "runs" / "vae-seed0", progress=False, **{**TINY, "epochs": 1})
+    mine = tmp_path / "runs" / "curves.png"
+    mine.write_bytes(b"my figure")
+    before = hashes(tmp_path / "runs")
+    with pytest.raises(UserError, match="holds curves.png, not written by pyro-vae compare"):
+        pyro_vae.summarize(tmp_path / "runs", progress=False)
+    assert hashes(tmp_path / "runs") == before
+    mine.unlink()
+    pyro_vae.summarize(tmp_path / "runs", progress=False)
+    assert (tmp_path / "runs" / "summary.md").is_file()
+    pyro_vae.summarize(tmp_path / "runs", progress=False)  # its own files: replaced

@@ -439,6 +439,7 @@ def summarize(out, reference=None, progress=True):
     cells = read_cells(out)
     if not cells:
         raise UserError(f"{out} holds no runs yet: nothing to summarize")
+    check_summary_files(out)
     order = variant_order(out, cells)
     reference = reference or order[0]
     if reference not in order:
@@ -483,6 +484,24 @@ def summarize(out, reference=None, progress=True):
         print(f"pyro-vae compare: summary of {sum(len(by_variant[v]) for v in order)} evaluated runs in "
               f"{out}/summary.md" + (f"; {len(missing)} runs incomplete (listed there)" if missing else ""), flush=True)
     return summary
+
+
+SUMMARY_FILES = ("summary.md", "summary.csv", "summary.json", "curves.png", "intervals.png", "samples.png")
+
+
+def check_summary_files(out):
+    """Refuse to write the summary over files this package did not write: a folder of runs that is
+    not an experiment directory (no experiment.toml, no summary.json of an earlier summary) may hold
+    a user's own summary.md or curves.png."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text())
+        ours = isinstance(earlier, dict) and {"experiment", "variants", "reference"} <= set(earlier)
+    except (OSError, ValueError):
+        ours = False
+    in_the_way = [name for name in SUMMARY_FILES if (out / name).exists()]
+    if in_the_way and not ours and not (out / EXPERIMENT_FILE).is_file():
+        raise UserError(f"{out} holds {', '.join(in_the_way)}, not written by pyro-vae compare (the folder has no "
+                        f"{EXPERIMENT_FILE} and no summary.json of its own); move them, nothing was changed")
 
 
 def variant_order(out, cells):
