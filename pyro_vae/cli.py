@@ -256,20 +256,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-vae: error: {message} (see: {self.prog} --help)\n")
 
 
-def version():
-    """The installed package's version (its metadata: no import of the library)."""
-    from importlib.metadata import PackageNotFoundError, version as installed
+class Version(argparse.Action):
+    """--version: the installed package's version, read from its metadata only when asked (the
+    lookup costs some 30 ms, which every other command would pay if the parser read it up front)."""
 
-    try:
-        return installed("pyro-vae")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the installed version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pyro-vae")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "(not installed)"
+        print(f"pyro-vae {found}")  # on stdout, as argparse's own version action prints
+        parser.exit(0)
 
 
 def parser():
     F = facts()
     p = Parser(prog="pyro-vae", description="Variational autoencoders and conditional VAEs in Pyro.")
-    p.add_argument("--version", action="version", version=f"pyro-vae {version()}")
+    p.add_argument("--version", action=Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = HelpFormatter
 
