@@ -44,6 +44,8 @@ def main():
     p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
                    help="an Inductor setting for the first mode's compile (a Python literal), e.g. cpp_wrapper=True")
     args = p.parse_args()
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (the first one compiles and is left out of the comparison)")
     try:
         settings = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.inductor_config)}
     except (ValueError, SyntaxError):
