@@ -324,6 +324,8 @@ def main():
                    help="ours: fit's default (auto), the captured step (on), or captured and compiled by Inductor")
     p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2 (the first one warms up and is left out of the medians)")
     torch.set_num_threads(args.threads)
     if args.probe:
         return probe(args)

@@ -436,6 +436,7 @@ def test_an_experiment_script_reports_a_bad_value_in_one_line(tmp_path, script, 
     ("density_fashion_mnist.py", ["--first-seed", "5"], "--first-seed 5 leaves no seed"),
     ("m2.py", ["--iw-samples", "0"], "argument --iw-samples"), ("vae_fashion_mnist.py", ["--seed", "-1"], "0..2**32-1"),
     ("compile_modes.py", ["--epochs", "0"], "argument --epochs"), ("compile_modes.py", ["--epochs", "1"], "at least 2"), ("benchmark.py", ["--threads", "4096"], "the CPUs"),
+    ("benchmark.py", ["--epochs", "1"], "at least 2"),
 ])
 def test_an_experiment_scripts_counts_are_checked_before_it_runs(tmp_path, script, args, needle):
     """`density_fashion_mnist.py --seeds -1` (or --epochs 0) ran no seed and then wrote the results
