@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import BadType, BadValue, UserError, counted, first_line, positive_int, share_or_count
-from .files import TEMP_PREFIX, cache_dir, write_error
+from .files import TEMP_PREFIX, cache_dir, file_mode, write_error
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -274,6 +274,7 @@ def _fetch(url, dest, progress, max_bytes, deadline):
 
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX, suffix=".part")
     try:
+        os.fchmod(fd, file_mode(dest / url.rsplit("/", 1)[-1]))  # a data file others may read, as curl's would be
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             if total and total > max_bytes:

@@ -3,7 +3,9 @@ errors: every layer that writes a file uses it).
 
 `atomic_write` writes to a temporary file beside the target, flushes it to disk and renames it
 into place: a killed process leaves the previous complete version, and a symlink at the target
-is replaced, not followed. Temporary files carry a name no user file has
+is replaced, not followed. The new file gets the permissions the file it replaces had, and a new
+one those the process's umask gives (as `open` would: 0644 under the usual umask 022), not the
+temporary file's private 0600. Temporary files carry a name no user file has
 (`.pyro-vae-tmp.<target>.<random>`), so cleaning up after a killed process never touches
 anything else. Every failure to write (a full disk, a read-only or missing folder, a directory
 where the file should be, no permission) is a one-line `UserError` naming the path.
@@ -12,6 +14,7 @@ where the file should be, no permission) is a one-line `UserError` naming the pa
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -30,6 +33,7 @@ def atomic_write(path, write):
     except OSError as e:
         raise write_error(path, e) from None
     try:
+        os.fchmod(fd, file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -40,6 +44,33 @@ def atomic_write(path, write):
         if isinstance(e, (OSError, RuntimeError)):  # torch's zip writer reports a full disk as RuntimeError
             raise write_error(path, e) from None
         raise
+
+
+def file_mode(path):
+    """The permission bits a file written at `path` gets: those of the file already there (a
+    symlink is replaced, not followed: the umask's then), else what the umask leaves of 0666."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~current_umask()
+
+
+def current_umask():
+    """The process's umask, read without changing it where Linux says it (/proc/self/status), else
+    set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_error(path, error):

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import http.server
+import os
 import shutil
 import struct
 import threading
@@ -196,8 +197,14 @@ def test_download_verifies_checksums_against_a_local_server(tmp_path, local_serv
     monkeypatch.setitem(SOURCES["mnist"], "md5", test_files)
     for name in test_files:
         shutil.copy(MNIST_TEST / name, served / name)
-    dest = download("mnist", tmp_path / "dl", mirrors=[url + "missing/", url], progress=False)
+    mask = os.umask(0o022)
+    try:
+        dest = download("mnist", tmp_path / "dl", mirrors=[url + "missing/", url], progress=False)
+    finally:
+        os.umask(mask)
     assert read_idx_split("mnist", "test", dest)[0].shape == (10000, 28, 28)
+    # readable by the others who share a data folder, as a file curl wrote would be (not mkstemp's 0600)
+    assert {(dest / name).stat().st_mode & 0o777 for name in test_files} == {0o644}
 
     # A corrupted copy on the server fails its checksum and leaves nothing behind.
     blob = bytearray((MNIST_TEST / "t10k-labels-idx1-ubyte.gz").read_bytes())

@@ -154,6 +154,46 @@ def test_checkpoint_and_metrics_replace_a_symlink_too(run, tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.fixture
+def umask():
+    """Set the process's umask for a test, restored after it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def modes(folder):
+    return {p.name: p.stat().st_mode & 0o777 for p in Path(folder).iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_run_s_files_get_the_permissions_the_umask_gives_as_open_would(tmp_path, umask, mask, expected):
+    # written to a private temporary file and renamed, they had been 0600 whatever the umask: a run
+    # on a shared machine that colleagues (or a web server for its figures) could not read
+    umask(mask)
+    out = pyro_vae.train(out=tmp_path / "run", progress=False, epochs=1, **SMALL)
+    got = {name: mode for name, mode in modes(out).items() if not name.startswith(".")}  # the run's lock: its own
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "samples.png"} <= set(got)
+    assert set(got.values()) == {expected}, got
+
+
+def test_a_rewritten_file_keeps_the_permissions_it_had_and_a_replaced_symlink_gets_the_umask_s(run, tmp_path, umask):
+    (run / "metrics.jsonl").chmod(0o640)  # a user's choice for this file, kept on every rewrite
+    (run / "checkpoint.pt").chmod(0o400)
+    victim = tmp_path / "precious.bin"
+    victim.write_bytes(b"precious")
+    victim.chmod(0o600)
+    (run / "eval.json").unlink(missing_ok=True)
+    (run / "eval.json").symlink_to(victim)
+    pyro_vae.train(resume=run, epochs=3, progress=False)
+    pyro_vae.evaluate_run(run, iw_samples=2, progress=False, device="cpu")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (run / "metrics.jsonl").stat().st_mode & 0o777 == 0o640
+    assert (run / "checkpoint.pt").stat().st_mode & 0o777 == 0o400 and load_checkpoint(run / "checkpoint.pt")["epoch"] == 3
+    assert not (run / "eval.json").is_symlink() and (run / "eval.json").stat().st_mode & 0o777 == 0o644
+    assert victim.read_bytes() == b"precious" and victim.stat().st_mode & 0o777 == 0o600
+
+
 # --- SIGTERM (a scheduler's notice) ------------------------------------------------------------------
 
 def sigterm_after_an_epoch(command, metrics, wait=60, **popen):
