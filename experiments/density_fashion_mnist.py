@@ -10,6 +10,7 @@ binarized once), mean and 95% t-interval, beside the published numbers.
     python experiments/density_fashion_mnist.py --setups vamp-iaf-iwae --seeds 3   # vamp-iaf's runs trained on with IWAE
     python experiments/density_fashion_mnist.py --setups vamp-plateau --seeds 3    # the VampPrior, lr halved on plateaus
     python experiments/density_fashion_mnist.py --setups vamp-iwae,vamp-elbo --seeds 3 --epochs 150   # then on with IWAE / ELBO
+    python experiments/density_fashion_mnist.py --paired vamp-iwae,vamp-elbo   # A - B by seed, from the rows: no training
 
 The setups: `normal` and `vamp` are the two published models; `best` adds what this package has
 beyond them to the VampPrior model, in one stochastic layer: an IAF guide (2 flows) trained on the
@@ -106,6 +107,8 @@ def main():
     p.add_argument("--out", default="runs/published")
     p.add_argument("--name", default="density_fashion_mnist", help="results file stem under experiments/results/")
     p.add_argument("--report", action="store_true", help="only write the table and the figure (of the runs so far)")
+    p.add_argument("--paired", metavar="A,B", help="only print setup A minus setup B by seed over the seeds both have "
+                   "scored (test log-likelihood and test ELBO; mean and 95%% t-interval), from the rows")
     p.add_argument("--dataset", default=COMMON["dataset"], help="(another only to try the script)")
     p.add_argument("--val-size", type=val_size_setting, default=COMMON["val_size"], help="(another only to try the script)")
     args = p.parse_args()
@@ -114,6 +117,12 @@ def main():
                 f"to --seeds - 1)")
 
     log = RESULTS / f"{args.name}.jsonl"
+    if args.paired:
+        pair = args.paired.split(",")
+        if len(pair) != 2 or not set(pair) <= set(SETUPS):
+            p.error(f"--paired takes two setups, A,B, of {', '.join(SETUPS)}; got {args.paired!r}")
+        print(paired(read_rows(log), *pair))
+        return
     scored = {(setup_of(r), r["seed"]): r for r in read_rows(log)}
     for setup in [] if args.report else args.setups.split(","):
         if setup not in SETUPS:
@@ -144,6 +153,22 @@ def main():
         if read_rows(log):
             write_table(args, log)
         write_figure(args)
+
+
+def paired(rows, a, b):
+    """Setup `a` minus setup `b`, seed by seed, over the seeds both have scored: the differences of
+    test log-likelihood and test ELBO, their mean and 95% t-interval (nats per example)."""
+    by = {(setup_of(r), r["seed"]): r for r in rows}
+    seeds = sorted(s for (setup, s) in by if setup == a and (b, s) in by)
+    if not seeds:
+        return f"{a} and {b} have no seed scored by both"
+    lines = [f"{a} - {b}, seeds {', '.join(map(str, seeds))} (95% t, {len(seeds) - 1} degrees of freedom):"]
+    for key in ("test_log_likelihood", "test_elbo"):
+        diffs = [by[a, s][key] - by[b, s][key] for s in seeds]
+        mean, half, _ = t_interval(diffs)
+        holds = "" if half != half else ("; holds zero" if abs(mean) <= half else "; excludes zero")
+        lines.append(f"  {key}: {mean:+.3f} +- {half:.3f}{holds}   by seed: {', '.join(f'{d:+.3f}' for d in diffs)}")
+    return "\n".join(lines)
 
 
 def write_rows(args, log, setup, seed, result, metrics):

@@ -477,6 +477,8 @@ def test_an_experiment_script_reports_a_bad_value_in_one_line(tmp_path, script, 
     ("m2.py", ["--iw-samples", "0"], "argument --iw-samples"), ("vae_fashion_mnist.py", ["--seed", "-1"], "0..2**32-1"),
     ("compile_modes.py", ["--epochs", "0"], "argument --epochs"), ("compile_modes.py", ["--epochs", "1"], "at least 2"), ("benchmark.py", ["--threads", "4096"], "the CPUs"),
     ("benchmark.py", ["--epochs", "1"], "at least 2"),
+    ("density_fashion_mnist.py", ["--paired", "vamp"], "--paired takes two setups"),
+    ("density_fashion_mnist.py", ["--paired", "vamp,nope"], "--paired takes two setups"),
 ])
 def test_an_experiment_scripts_counts_are_checked_before_it_runs(tmp_path, script, args, needle):
     """`density_fashion_mnist.py --seeds -1` (or --epochs 0) ran no seed and then wrote the results
@@ -488,6 +490,28 @@ def test_an_experiment_scripts_counts_are_checked_before_it_runs(tmp_path, scrip
     assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
     assert child.stderr.strip().splitlines()[-1].startswith(f"{script}: error: ") and needle in child.stderr
     assert hashes(EXPERIMENTS / "results") == before
+
+
+def test_density_paired_differences_are_the_rows_differences_by_seed(tmp_path):
+    """`--paired A,B` (the paired numbers density_fashion_mnist.md quotes) against the same
+    differences taken by hand from the rows, with Student's t for the seeds both setups scored;
+    nothing trained or written."""
+    before = hashes(EXPERIMENTS / "results")
+    rows = [json.loads(line) for line in (EXPERIMENTS / "results" / "density_fashion_mnist.jsonl").read_text().splitlines()]
+    by = {(r.get("setup", r.get("prior")), r["seed"]): r for r in rows}
+    seeds = sorted(s for (setup, s) in by if setup == "vamp-iwae" and ("vamp-elbo", s) in by)
+    assert len(seeds) >= 3
+    diffs = [by["vamp-iwae", s]["test_log_likelihood"] - by["vamp-elbo", s]["test_log_likelihood"] for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    t = {3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}[len(diffs)]  # Student's t, 97.5%, n - 1 degrees of freedom
+    child = subprocess.run([sys.executable, str(EXPERIMENTS / "density_fashion_mnist.py"), "--paired", "vamp-iwae,vamp-elbo"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert child.returncode == 0, child.stderr
+    line = next(x for x in child.stdout.splitlines() if "test_log_likelihood" in x)
+    assert f"{mean:+.3f} +- {t * sd / len(diffs) ** 0.5:.3f}" in line, (line, mean)
+    assert ", ".join(f"{d:+.3f}" for d in diffs) in line
+    assert hashes(EXPERIMENTS / "results") == before and not list(tmp_path.iterdir())
 
 
 def test_sigterm_ends_an_experiment_script_in_one_line_and_keeps_its_run(tmp_path):
