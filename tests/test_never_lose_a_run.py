@@ -194,6 +194,37 @@ def test_a_rewritten_file_keeps_the_permissions_it_had_and_a_replaced_symlink_ge
     assert victim.read_bytes() == b"precious" and victim.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_run_killed_in_its_first_epoch_is_said_untrained_not_collapsed(tmp_path, capsys):
+    """SIGKILL before the first epoch ends leaves the initial checkpoint (epoch 0). evaluate and
+    sample used it with no word (evaluate even called the untrained weights a collapsed posterior
+    and advised a KL warm-up); now both say what the weights are, figures has nothing to draw, and
+    --resume trains it."""
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--batch-size", "1", "--train-size",
+                              "300", "--epochs", "5", "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and child.poll() is None
+        time.sleep(0.01)
+    child.kill()
+    child.wait(timeout=30)
+    if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip():
+        pytest.skip("the first epoch ended before the kill")  # 300 steps: not on any machine seen
+    capsys.readouterr()
+    result = pyro_vae.evaluate_run(out, iw_samples=2, device="cpu")
+    err = capsys.readouterr().err
+    assert result["checkpoint_epoch"] == 0 and "collapse" not in result
+    assert "has no finished epoch: these are its initial, untrained weights" in err and "collapse" not in err
+    pyro_vae.sample_run(out, n=4, device="cpu")
+    assert "initial, untrained weights" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no finished epoch yet"):
+        pyro_vae.runs.redraw_run(out, device="cpu")
+    pyro_vae.train(resume=out, epochs=1, progress=False)
+    pyro_vae.evaluate_run(out, iw_samples=2, device="cpu")
+    assert "untrained" not in capsys.readouterr().err
+
+
 # --- SIGTERM (a scheduler's notice) ------------------------------------------------------------------
 
 def sigterm_after_an_epoch(command, metrics, wait=60, **popen):

@@ -13,7 +13,7 @@ from ..estimators import (MAX_BATCH, accuracy, active_units, classifier_accuracy
 from ..models import model_inputs
 from .classifier import reference_classifier, reference_predictor
 from .training import collapse_note
-from .store import load_run
+from .store import load_run, untrained_note
 
 
 def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, progress=True, examples=None,
@@ -36,11 +36,14 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
         positive_int("examples", examples)
     model, config, data = load_run(run_dir, device, checkpoint)
     check_writable(run_dir)  # before the scoring, which can take minutes: nothing is computed for nothing
+    untrained = untrained_note(run_dir, model)
     if progress:
         print(f"pyro-vae: evaluating {config.model} of {run_dir} ({model.checkpoint['file']}, epoch "
               f"{model.checkpoint['epoch']}) on {min(len(data.splits['test'][0]), examples or len(data.splits['test'][0]))} "
               f"test examples of {data.name}, K = {iw_samples}, {next(model.parameters()).device}; writing "
               f"{run_dir}/eval.json", flush=True)
+        if untrained:
+            print(f"pyro-vae: warning: {untrained}", file=sys.stderr, flush=True)
     x, labels = (t[:examples] for t in data.splits["test"])
     args = model_inputs(model, x, labels, data.n_classes)
     start = time.perf_counter()
@@ -67,7 +70,9 @@ def evaluate_run(run_dir, iw_samples=5000, device="auto", max_batch=MAX_BATCH, p
     if not hasattr(model, "classify"):  # (m2's y is summed out: its rate has no one-draw form here)
         rate, distortion = rate_distortion(model.model, model.guide, *args)
         result.update(rate=rate.mean().item(), distortion=distortion.mean().item())
-    collapse = None if result.get("iw_samples") == 0 else collapse_note(result["active_units"], result.get("rate"))
+    # (initial weights are not a collapsed posterior: the warning above says what they are)
+    collapse = None if result.get("iw_samples") == 0 or untrained else collapse_note(result["active_units"],
+                                                                                      result.get("rate"))
     if collapse:
         result["collapse"] = collapse
         if progress:

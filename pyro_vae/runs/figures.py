@@ -2,6 +2,7 @@
 with plots.py (runs layer). `run_figures` is what training leaves in a run directory;
 `sample_run` is `pyro-vae sample`."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from ..errors import UserError, positive_int, random_seed
 from ..estimators import active_units, conditional_samples, decode, latent_means
 from ..models import model_inputs
 from .config import SELECT_ON
-from .store import load_run, read_metrics
+from .store import load_run, read_metrics, untrained_note
 
 MAX_DRAWS = 4096  # a 64 x 64 grid: beyond it a figure is unreadable and its canvas needs gigabytes
 
@@ -185,6 +186,9 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
                             f"got {len(given)}{'' if np.isfinite(given).all() else ', not all finite'}")
         if attributes is not None and set(given) - {0.0, 1.0}:
             raise UserError("--attributes are 0 or 1 each")
+    untrained = untrained_note(run_dir, model)
+    if untrained:
+        print(f"pyro-vae: warning: {untrained}", file=sys.stderr, flush=True)
     pyro.set_rng_seed(seed)
     return sample_grid(model, data, out, n=n, label=label, given=given)
 

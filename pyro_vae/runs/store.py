@@ -558,3 +558,12 @@ def load_run(run_dir, device="auto", checkpoint="best"):
     model.eval()
     model.checkpoint = {"file": path.name, "epoch": state["epoch"]}  # which weights these are
     return model, config, data
+
+
+def untrained_note(run_dir, model):
+    """The warning for weights `load_run` took from before the first epoch ended (a run stopped in
+    its first epoch): what evaluate and sample then score or draw is the initial weights."""
+    if model.checkpoint["epoch"] == 0:
+        return (f"{run_dir} has no finished epoch: these are its initial, untrained weights "
+                f"(continue it with --resume)")
+    return None
