@@ -263,6 +263,28 @@ def test_changed_data_file_is_refused_and_the_run_kept(tmp_path):
     assert hashes(run) == before
 
 
+def test_a_moved_data_file_is_named_and_a_symlink_put_back_in_its_place_serves(tmp_path, cli_error):
+    """The run's data file moved away: the error said "unknown data set ...; choose from digits,
+    ..." as for a typo. Now it names the file as gone, and the remedy it gives (a symlink at the
+    recorded path) works: the path is kept as named, not resolved through links, and the
+    checksum still guards the content. A run trained through a symlink records the link."""
+    x, labels = digit_arrays(200)
+    np.savez(tmp_path / "mine.npz", x=x, labels=labels)
+    run = pyro_vae.train(dataset=str(tmp_path / "mine.npz"), out=tmp_path / "run", progress=False, **SMALL)
+    before = hashes(run)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "mine.npz").rename(tmp_path / "elsewhere" / "mine.npz")
+    cli_error(["evaluate", str(run), "--iw-samples", "2"], f"the data set {tmp_path / 'mine.npz'} is not there",
+              "moved or deleted", "symlink")
+    (tmp_path / "mine.npz").symlink_to(tmp_path / "elsewhere" / "mine.npz")
+    assert pyro_vae.evaluate_run(run, iw_samples=2, progress=False)["checkpoint_epoch"] == SMALL["epochs"]
+    assert {k: v for k, v in hashes(run).items() if k != "eval.json"} == before
+
+    linked = pyro_vae.train(dataset=str(tmp_path / "mine.npz"), out=tmp_path / "linked", progress=False, **SMALL)
+    assert json.loads((linked / "config.json").read_text())["dataset"] == str(tmp_path / "mine.npz")
+    assert json.loads((linked / "data.json").read_text())["source"] == str(tmp_path / "elsewhere" / "mine.npz")
+
+
 def slope_of_samples(run, values, w):
     """For each covariate value, the mean projection of samples on w (in the data's own units)."""
     model, config, data = pyro_vae.runs.load_run(run)

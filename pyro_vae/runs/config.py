@@ -8,6 +8,7 @@ or function) is recorded by its import path "package.module:Name", so `evaluate`
 
 import dataclasses
 import importlib.util
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -121,9 +122,13 @@ class Config:
         cls = model_class(self.model)
         if self.dataset not in DATASETS and not self.dataset.startswith(("torchvision:", IN_RUN)):
             if not Path(self.dataset).exists():
+                if Path(self.dataset).is_absolute():  # as a run records its own data: gone since
+                    raise UserError(f"the data set {self.dataset} is not there (moved or deleted?): put it back "
+                                    f"at that path, or a symlink to it (its checksum is checked)")
                 raise UserError(f"unknown data set {self.dataset!r}; choose from {', '.join(DATASETS)}, or give a "
                                 f".npz or .npy file or a folder of images")
-            self = dataclasses.replace(self, dataset=str(Path(self.dataset).resolve()))  # found from any folder
+            # found from any folder; a symlink is kept as named (data.json records the file behind it)
+            self = dataclasses.replace(self, dataset=os.path.abspath(self.dataset))
         if (self.elbo or "trace") not in ELBOS:
             raise UserError(f"unknown objective {self.elbo!r}; choose from {', '.join(ELBOS)}")
         if isinstance(self.likelihood, str) and ":" not in self.likelihood and self.likelihood not in LIKELIHOODS:
