@@ -10,6 +10,7 @@ Bernoulli likelihoods see binary pixels: training batches are binarized afresh e
 run is scored on the same bits.
 """
 
+import collections
 import gzip
 import hashlib
 import math
@@ -455,6 +456,8 @@ def read_image_folder(folder):
             raise UserError(f"{root}: no class subfolders (a folder of images holds one subfolder per class)")
         return dirs
 
+    where = {}  # id(image) -> its file, for a message naming one
+
     def read(root, names):
         images, labels = [], []
         for k, name in enumerate(names):
@@ -465,6 +468,7 @@ def read_image_folder(folder):
                 try:
                     with Image.open(q) as im:
                         images.append(im.copy())
+                        where[id(images[-1])] = q
                 except (UnidentifiedImageError, OSError) as e:
                     raise UserError(f"{q}: not a readable image ({type(e).__name__})") from None
                 except Image.DecompressionBombError as e:  # more pixels than Pillow will decode
@@ -488,10 +492,14 @@ def read_image_folder(folder):
             parts["_test"] = (parts["_test"][0], np.asarray([index[test_names[k]] for k in parts["_test"][1]]))
     colour = any(im.mode not in ("L", "1") + DEEP_GREY for images, _ in parts.values() for im in images)
     deep = any(im.mode in DEEP_GREY for images, _ in parts.values() for im in images)
-    sizes = {im.size for images, _ in parts.values() for im in images}
+    every = [im for images, _ in parts.values() for im in images]
+    sizes = collections.Counter(im.size for im in every)
     if len(sizes) > 1:
-        raise UserError(f"{folder}: images of {len(sizes)} sizes ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:4])}); "
-                        f"every image must have the same size")
+        (w, h), common = sizes.most_common(1)[0]
+        odd = next(im for im in every if im.size != (w, h))
+        raise UserError(f"{folder}: images of {len(sizes)} sizes; every image must have the same size: {common} of "
+                        f"{len(every)} are {w}x{h}, {where[id(odd)]} is {odd.size[0]}x{odd.size[1]}"
+                        + (f" (one of {len(every) - common})" if len(every) - common > 1 else ""))
     source = {}
     for suffix, (images, labels) in parts.items():
         x = np.stack([pixels(im, colour) if deep else np.asarray(im.convert("RGB" if colour else "L"), dtype=np.uint8)

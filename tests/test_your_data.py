@@ -193,11 +193,16 @@ def test_damaged_files_get_one_line(tmp_path, damage):
      "broken.png: not a readable image"),
     (lambda root: ((root / "a").mkdir(parents=True), Image.new("L", (8, 8)).save(root / "a" / "1.png"),
                    Image.new("L", (9, 8)).save(root / "a" / "2.png")), "images of 2 sizes"),
+    # among many, the odd one is named (it had said only "images of 2 sizes (8x8, 9x8)")
+    (lambda root: ((root / "a").mkdir(parents=True), (root / "b").mkdir(),
+                   [Image.new("L", (8, 8)).save(root / c / f"{i}.png") for c in "ab" for i in range(5)],
+                   Image.new("L", (8, 7)).save(root / "b" / "3x.png")), "10 of 11 are 8x8, ROOT/b/3x.png is 8x7"),
 ])
 def test_bad_image_folder_gets_one_line(tmp_path, make, needle):
     make(tmp_path / "images")
     with pytest.raises(UserError) as e:
         load_dataset(str(tmp_path / "images"))
+    needle = needle.replace("ROOT", str(tmp_path / "images"))
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
