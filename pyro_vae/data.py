@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BadType, BadValue, UserError, counted, first_line, positive_int, share_or_count
+from .errors import BadType, BadValue, UserError, counted, first_line, machine_memory, positive_int, share_or_count
 from .files import TEMP_PREFIX, cache_dir, file_mode, write_error
 
 IDX_FILES = {
@@ -391,6 +391,8 @@ def read_files(path):
         raise UserError(f"{path}: {p.stat().st_size >> 20} MB, more than the {MAX_FILE_BYTES >> 30} GB a data file may have")
     try:
         if p.suffix.lower() == ".npy":
+            with open(p, "rb") as fp:
+                check_declared_size(path, "x", fp)
             return {"x": np.load(p, allow_pickle=False)}, None, facts
         with np.load(p, allow_pickle=False) as f:
             unknown = sorted(set(f.files) - set(NPZ_KEYS))
@@ -398,6 +400,10 @@ def read_files(path):
                 raise UserError(f"{path}: unknown array(s) {', '.join(unknown)}; a data file holds {', '.join(NPZ_KEYS)}")
             if "x" not in f.files:
                 raise UserError(f"{path}: no array named x (it holds {', '.join(f.files) or 'nothing'})")
+            members = f.zip.namelist()
+            for key in f.files:
+                with f.zip.open(key + ".npy" if key + ".npy" in members else key) as fp:
+                    check_declared_size(path, key, fp)
             source = {k: f[k] for k in f.files if k != "classes"}
             for key in ("classes", "y_names"):
                 if key in f.files and f[key].ndim != 1:
@@ -410,6 +416,22 @@ def read_files(path):
     except (OSError, ValueError, EOFError, zlib.error, KeyError, zipfile.BadZipFile) as e:  # damaged, truncated, pickled
         raise UserError(f"{path}: not a readable NumPy file ({type(e).__name__}: {str(e)[:120]})") from None
     return source, classes, facts
+
+
+def check_declared_size(path, name, fp):
+    """Refuse an array whose .npy header (read from `fp`) declares more bytes than this machine's
+    memory, before NumPy allocates them: a header of a few bytes can ask for terabytes. A header
+    that cannot be read is left to np.load, which names the damage."""
+    try:
+        version = np.lib.format.read_magic(fp)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fp)
+    except (ValueError, OSError, EOFError, TypeError):
+        return
+    need, have = math.prod(shape) * dtype.itemsize, machine_memory()
+    if have is not None and need > have:
+        raise UserError(f"{path}: {name} declares shape {shape} of {dtype}, {need / 2**30:.0f} GiB, more than this "
+                        f"machine's {have >> 30} GiB of memory")
 
 
 NPZ_KEYS = ("x", "labels", "y", "x_test", "labels_test", "y_test", "classes", "y_names")

@@ -115,6 +115,15 @@ def cpu_threads(name, value):
     return value
 
 
+def machine_memory():
+    """This machine's physical memory in bytes, or None where the system does not say (sizes that
+    cannot fit in it are refused before they are allocated)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: the allocator decides
+        return None
+
+
 def random_seed(name, value):
     """`value` if it is a whole number in 0..2**32-1 (what torch, NumPy and Pyro all take as a seed),
     else a BadType or BadValue naming `name`."""

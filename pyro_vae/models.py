@@ -18,7 +18,6 @@ read the declarations from the class, so a new model is one class here plus a li
 """
 
 import dataclasses
-import os
 from typing import ClassVar, Protocol, runtime_checkable
 
 import pyro
@@ -28,7 +27,7 @@ from pyro import poutine
 from torch import nn
 from torch.nn.functional import one_hot
 
-from .errors import BadValue, UserError, positive_int
+from .errors import BadValue, UserError, machine_memory, positive_int
 from .nets import NETS, Body, cat, widths
 from .parts import GUIDES, LIKELIHOODS, PIXEL_LIKELIHOODS, PRIORS, Y_LIKELIHOODS, constructor, make_part
 
@@ -379,11 +378,8 @@ def check_memory(io_dim, hidden):
     hidden = widths(hidden)
     weights = io_dim * hidden[0] + sum(a * b for a, b in zip(hidden[:-1], hidden[1:])) + io_dim * hidden[-1]
     need = 3 * weights * 4 * 3  # bytes
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: let the allocator decide
-        return
-    if need > have:
+    have = machine_memory()
+    if have is not None and need > have:
         raise BadValue(f"sizes (inputs and outputs {io_dim}, hidden {hidden}): the networks would need about "
                        f"{need >> 30} GiB, and this machine has {have >> 30} GiB")
 

@@ -184,6 +184,32 @@ def test_damaged_files_get_one_line(tmp_path, damage):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_a_header_declaring_more_than_memory_is_refused_before_numpy_allocates(tmp_path, suffix):
+    """A 200-byte file whose .npy header declares 37 TiB: np.load allocated first and failed with
+    MemoryError, which the CLI reported as 'out of memory; try a smaller --batch-size'. Now refused
+    in one line naming the array, its shape and the machine's memory."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**7, 10**6)})  # 37 TiB
+    blob = header.getvalue() + bytes(4096)
+    path = tmp_path / f"huge{suffix}"
+    if suffix == ".npz":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("x.npy", blob)
+    else:
+        path.write_bytes(blob)
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    message = str(e.value)
+    assert message.startswith(f"{path}: x declares shape (10000000, 1000000) of float32, 37253 GiB, more than this machine")
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda root: root.mkdir(), "no class subfolders"),
     (lambda root: (root / "a").mkdir(parents=True), "hold no images"),
