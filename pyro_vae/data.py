@@ -579,7 +579,7 @@ def arrays(name, source, classes=None, y_names=None):
             raise UserError(f"{name}: x{suffix} has shape {x.shape}; give (N, D) vectors, (N, H, W) or (N, C, H, W) "
                             f"images, with N > 0")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise UserError(f"{name}: x{suffix} holds {x.dtype} values, not numbers")
+            raise UserError(f"{name}: x{suffix} holds {x.dtype} values, not real numbers")
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(1) if np.issubdtype(x.dtype, np.floating) else np.zeros(len(x), bool)
         if bad.any():
             raise UserError(f"{name}: x{suffix} holds NaN or infinite values (example {int(np.flatnonzero(bad)[0])}; "

@@ -153,7 +153,8 @@ def test_a_path_handed_to_from_arrays_says_how_to_read_a_file(tmp_path):
     (dict(labels=np.zeros(10, int)), "no array named x"),
     (dict(x=np.zeros((0, 4))), "N > 0"),
     (dict(x=np.zeros(10)), "give (N, D) vectors"),
-    (dict(x=np.array([["a", "b"], ["c", "d"]])), "not numbers"),
+    (dict(x=np.array([["a", "b"], ["c", "d"]])), "not real numbers"),
+    (dict(x=np.ones((10, 4), np.complex64)), "holds complex64 values, not real numbers"),
     (dict(x=np.zeros((10, 4)), labels=np.full(10, 10 ** 9)), "at most 10000 classes"),  # a one-hot of 10**9: OOM
     (dict(x=np.zeros((10, 4)), labels=np.arange(10) % 3, classes=np.array([["a", "b", "c"]])), "shape (K,)"),
     (dict(x=np.zeros((10, 4)), y=np.zeros((10, 2)), y_names=np.array([["a", "b"]])), "shape (K,)"),
