@@ -1,8 +1,8 @@
-"""Where fit's training time goes, by torch operator: the default VAE (784-400-50, softplus) on
-binarized Fashion-MNIST, one epoch of warm-up (the step captured, each product's library chosen),
+"""Where fit's training time goes, by torch operator: the default VAE (784-400-50, softplus), or
+cvae2 (`--model cvae2`, conditioned on the one-hot label), on binarized Fashion-MNIST, one epoch of warm-up (the step captured, each product's library chosen),
 then epochs under torch.profiler, one torch thread.
 
-    OMP_NUM_THREADS=1 python experiments/operator_profile.py [--batch 64] [--train-size 12800] [--epochs 1] [--compile inductor]
+    OMP_NUM_THREADS=1 python experiments/operator_profile.py [--batch 64] [--train-size 12800] [--epochs 1] [--compile inductor] [--model cvae2]
 
 It prints each operator's share of the profiled time and its milliseconds per step.
 """
@@ -23,11 +23,12 @@ def main():
     p.add_argument("--epochs", type=positive_int, default=1, help="profiled epochs, after one of warm-up")
     p.add_argument("--rows", type=positive_int, default=20, help="operators shown")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "inductor", "off"], help="the step profiled")
+    p.add_argument("--model", default="vae", choices=["vae", "cvae2"])
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = pyro_vae.load_dataset("fashion-mnist", train_size=args.train_size)
-    model = pyro_vae.build_model("vae", x_dim=data.x_dim, z_dim=50, hidden=400)
+    model = pyro_vae.build_model(args.model, data.x_dim, data.n_classes, z_dim=50, hidden=400)
     trainer = pyro_vae.Trainer(model, compile=args.compile)
     trainer.run(data, 1, args.batch)  # warm-up: capture, product timing, first-step validation
     with profile(activities=[ProfilerActivity.CPU]) as prof:

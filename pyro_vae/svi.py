@@ -34,7 +34,7 @@ from .capture import CapturedStep, CaptureFailed
 from .data import BINARIZATIONS, batch_count, batches, batches_apart
 from .errors import BadValue, Diverged, UserError, count, non_negative_number, one_of, positive_int, positive_number
 from .estimators import elbo_per_example, importance_sampled
-from .models import model_inputs
+from .models import as_condition, model_inputs
 from .nets import choosing_products, flush_denormals, new_choices
 from .objectives import IWAE_ELBO, ScaleLatents, make_elbo
 
@@ -131,6 +131,9 @@ def adam_step(optimizer):
                        steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                        grad_scale=None, found_inf=None)
+
+
+MAX_CONDITION_VALUES = 1 << 24  # one-hot labels made once for a whole training split up to 64 MB of float32
 
 
 class Trainer:
@@ -250,6 +253,14 @@ class Trainer:
         # the model reads the images alone (the default inputs of an unconditional model): no labels gathered
         images_only = (self.inputs is None and not hasattr(self.model, "inputs")
                        and not getattr(self.model, "conditional", True))
+        # a conditional model's default inputs: every training example's condition made once (the
+        # one-hot vectors of the labels: gathering a batch's labels, one_hot's range check and its
+        # scatter cost some 50 us a step), a batch's rows gathered from it; the same values
+        self._conditions = None
+        if (self.inputs is None and not hasattr(self.model, "inputs") and getattr(self.model, "conditional", False)
+                and torch.is_tensor(y_train)
+                and (y_train.is_floating_point() or n * data.n_classes <= MAX_CONDITION_VALUES)):
+            self._conditions = as_condition(y_train, data.n_classes, x_train.dtype)
         self._apart = None  # the examples that get batches of their own
         if self.labelled_batches == "separate" and getattr(data, "labelled", None) is not None:
             self._apart = torch.zeros(n, dtype=torch.bool, device=x_train.device)
@@ -296,7 +307,8 @@ class Trainer:
             x = x_train.index_select(0, idx)  # the rows (x_train[idx] gathers them 3x slower on the CPU)
             if data.binarized:
                 x = self.binarize(x)
-            y = None if images_only else y_train[idx]
+            y = (None if images_only else self._conditions.index_select(0, idx) if self._conditions is not None
+                 else y_train[idx])
             if sharded:  # binarized as a whole first: the bits do not depend on the processes
                 part = distributed.shard(len(idx))
                 x, y = x[part], None if y is None else y[part]

@@ -306,3 +306,25 @@ def test_adam_step_is_the_optimizers_own_step_bit_for_bit():
     pyro_vae.svi.adam_step(ours)
     theirs.step()
     assert seen == [1] and stepped == [1, 1] and all(torch.equal(p, q) for p, q in zip(params, copies))
+
+
+@pytest.mark.parametrize("name", ["cvae1", "cvae2"])
+def test_conditions_made_once_train_bit_for_bit_as_per_batch(digits, make_model, name):
+    """A conditional model's one-hot labels are made once for the training split and a batch's rows
+    gathered from it (svi.Trainer.run), where they were made per batch: the same values, so the
+    same run to the bit. The per-batch path is what a Trainer given its own `inputs` still takes."""
+    from pyro_vae.models import model_inputs
+
+    runs = []
+    for own_inputs in (False, True):
+        torch.manual_seed(0)
+        pyro.set_rng_seed(0)
+        model = make_model(name, digits)
+        inputs = (lambda x, y: model_inputs(model, x, y, digits.n_classes)) if own_inputs else None
+        trainer = pyro_vae.Trainer(model, inputs=inputs)
+        history = trainer.run(digits, 2, 32)
+        assert (trainer._conditions is None) == own_inputs
+        runs.append(([h["train_elbo"] for h in history], [p.detach().clone() for p in model.parameters()]))
+    (elbo_a, params_a), (elbo_b, params_b) = runs
+    assert elbo_a == elbo_b
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
