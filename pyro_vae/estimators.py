@@ -96,12 +96,17 @@ def importance_sampled(model, guide, *args, samples=5000, max_batch=MAX_BATCH, p
     return log_lik, elbo
 
 
+QUIET_SECONDS = 1.0  # TenthLines prints nothing before this much of the work's time has passed
+
+
 class TenthLines:
     """Progress where a bar cannot be drawn (output to a file or a pipe): a line on stderr at each
-    tenth of the work, with the time taken and an estimate of the time left."""
+    tenth of the work, with the time taken and an estimate of the time left; none in its first
+    `quiet` seconds (an evaluation of a second is not worth ten lines of a log)."""
 
-    def __init__(self, what, total):
+    def __init__(self, what, total, quiet=None):
         self.what, self.total, self.done, self.shown, self.start = what, total, 0, 0, time.monotonic()
+        self.quiet = QUIET_SECONDS if quiet is None else quiet
 
     def update(self, n):
         self.done += n
@@ -109,6 +114,8 @@ class TenthLines:
         if tenth > self.shown:
             self.shown = tenth
             took = time.monotonic() - self.start
+            if took < self.quiet:
+                return
             left = took * (self.total - self.done) / self.done
             print(f"{self.what}: {tenth * 10}% of {self.total} examples, {took:.0f} s, about {left:.0f} s left",
                   file=sys.stderr, flush=True)

@@ -153,3 +153,27 @@ def test_latent_means_of_a_flow_guide_average_its_own_draws_without_running_the_
     draws = q.sample((20000,))
     # 64 draws: within 4 standard errors of the mean of 20000
     assert means.shape == (5, 3) and ((means - draws.mean(0)).abs() < 4 * draws.std(0) / 8).all()
+
+
+def test_progress_lines_skip_an_evaluation_s_first_second(monkeypatch, capsys):
+    """Written to a file or a pipe, evaluation progress is a line per tenth with the time left; a
+    short evaluation printed ten lines of '0 s, about 0 s left' into every log (compare's above
+    all). Now none in the first second, then every tenth reached, its time and estimate right."""
+    from pyro_vae import estimators
+
+    clock = [100.0]
+    monkeypatch.setattr(estimators.time, "monotonic", lambda: clock[0])
+    quick = estimators.TenthLines("log-likelihood (K=5)", 100)
+    for _ in range(10):
+        clock[0] += 0.05
+        quick.update(10)
+    assert capsys.readouterr().err == ""
+
+    slow = estimators.TenthLines("log-likelihood (K=5000)", 100)
+    for _ in range(10):
+        clock[0] += 0.4  # 4 s in all: the first two tenths fall in the first second
+        slow.update(10)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ")[1].split("%")[0] for line in lines] == [str(p) for p in range(30, 101, 10)]
+    assert lines[0] == "log-likelihood (K=5000): 30% of 100 examples, 1 s, about 3 s left"
+    assert lines[-1] == "log-likelihood (K=5000): 100% of 100 examples, 4 s, about 0 s left"
