@@ -85,7 +85,7 @@ class LatentVariableModel(nn.Module):
         self.part_names = {kind: part if isinstance(part, str) else getattr(part, "__qualname__", type(part).__name__)
                            for kind, part in parts.items()}  # what was chosen, for titles and logs
         args = {kind: dict((part_args or {}).get(kind) or {}) for kind in ("guide", "prior", "likelihood")}
-        dims = {"x": x_dim, "y": y_dim, "z": z_dim}
+        self.dims = dims = {"x": x_dim, "y": y_dim, "z": z_dim}
         self.nets = net if isinstance(net, dict) else dict.fromkeys(ROLES, net or Body(hidden=widths(hidden)))
         guide_in = sum(dims[v] for v in self.guide_input)
         self.encoder = make_part("guide", GUIDES, parts["guide"], in_dim=guide_in, z_dim=z_dim,

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .capture import CapturedStep, CaptureFailed
-from .data import BINARIZATIONS, batch_count, batches, batches_apart
-from .errors import BadValue, Diverged, UserError, count, non_negative_number, one_of, positive_int, positive_number
+from .data import BINARIZATIONS, Dataset, batch_count, batches, batches_apart
+from .errors import BadType, BadValue, Diverged, UserError, count, non_negative_number, one_of, positive_int, positive_number
 from .estimators import elbo_per_example, importance_sampled
 from .models import as_condition, model_inputs
 from .nets import choosing_products, flush_denormals, new_choices
@@ -244,6 +244,7 @@ class Trainer:
         while it runs (nets.flush_denormals), and large CPU products run as `self.products` chooses."""
         count("epochs", epochs)
         positive_int("batch_size", batch_size)
+        self._check_data(data)
         x_train, y_train = data.splits["train"]
         n = len(x_train)
         if n == 0:
@@ -283,6 +284,22 @@ class Trainer:
             for c in callbacks:
                 c.on_train_end(self)
         return self.history
+
+    def _check_data(self, data):
+        """Refuse, in one line, data that is not a Dataset, or whose sizes are not the ones the model
+        was built for (where the model says them and reads the default inputs): torch's shape error
+        from inside Pyro's trace said neither."""
+        if not isinstance(data, Dataset):
+            raise BadType(f"data must be a pyro_vae.Dataset (pyro_vae.load_dataset(...), or Dataset.from_arrays(...)), "
+                          f"got {type(data).__name__} {str(data)[:40]!r}")
+        dims = getattr(self.model, "dims", None)
+        if self.inputs is not None or not isinstance(dims, dict):
+            return
+        read = {"x": data.x_dim, "y": data.y_dim if getattr(self.model, "conditional", False) else dims.get("y")}
+        for what, size in read.items():
+            if what in dims and size != dims[what]:
+                raise BadValue(f"the model was built for {what} of {dims[what]} values, and {data.name} gives {what} of "
+                               f"{size}: build it with build_model(name, data.x_dim, data.y_dim, ...)")
 
     @property
     def epoch_loss(self):

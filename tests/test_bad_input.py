@@ -335,3 +335,26 @@ def test_a_number_of_seeds_too_large_is_refused_before_it_is_counted_out(tmp_pat
 def test_config_json_keeps_every_setting(tmp_path, fake_run):
     run = fake_run(tmp_path / "run")
     assert json.loads((run / "config.json").read_text())["clip_grad"] is None
+
+
+@pytest.mark.parametrize("make, data, error, needle", [
+    (lambda d: pyro_vae.build_model("vae", d.x_dim, z_dim=2, hidden=8), lambda d: "digits", pyro_vae.BadType,
+     "data must be a pyro_vae.Dataset (pyro_vae.load_dataset(...), or Dataset.from_arrays(...)), got str 'digits'"),
+    (lambda d: pyro_vae.build_model("vae", 10, z_dim=2, hidden=8), lambda d: d, pyro_vae.BadValue,
+     "the model was built for x of 10 values, and digits gives x of 64"),
+    (lambda d: pyro_vae.build_model("cvae1", d.x_dim, 3, z_dim=2, hidden=8), lambda d: d, pyro_vae.BadValue,
+     "the model was built for y of 3 values, and digits gives y of 10"),
+])
+def test_fit_refuses_data_the_model_was_not_built_for(tiny_digits, make, data, error, needle):
+    """The Python API's fit on a string, or on data whose sizes are not the model's: an
+    AttributeError, or torch's 'mat1 and mat2 shapes cannot be multiplied' from inside Pyro's
+    trace. Now one line saying what to build, before any step; the model's weights unchanged."""
+    model = make(tiny_digits)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(error) as e:
+        pyro_vae.fit(model, data(tiny_digits), 1, progress=False)
+    assert str(e.value).startswith(needle) and "\n" not in str(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # the sizes it was built for train as before
+    pyro_vae.fit(pyro_vae.build_model(make(tiny_digits).__class__.__name__.lower(), tiny_digits.x_dim,
+                                      tiny_digits.y_dim, z_dim=2, hidden=8), tiny_digits, 1, progress=False)
