@@ -255,7 +255,7 @@ def download(name, dest=None, mirrors=None, progress=True, max_bytes=MAX_DOWNLOA
         for mirror in mirrors or SOURCES[name]["mirrors"]:
             url = mirror + filename
             try:
-                tmp = _fetch(url, dest, progress, max_bytes, time.monotonic() + seconds)
+                tmp = _fetch(url, target, progress, max_bytes, time.monotonic() + seconds)
             except OSError as e:
                 errors.append(f"{url}: {e}")
                 continue
@@ -270,12 +270,13 @@ def download(name, dest=None, mirrors=None, progress=True, max_bytes=MAX_DOWNLOA
     return dest
 
 
-def _fetch(url, dest, progress, max_bytes, deadline):
+def _fetch(url, target, progress, max_bytes, deadline):
+    """`url` into a temporary file beside `target` (to be renamed to it once checked); its path."""
     from tqdm import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=TEMP_PREFIX, suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX, suffix=".part")
     try:
-        os.fchmod(fd, file_mode(dest / url.rsplit("/", 1)[-1]))  # a data file others may read, as curl's would be
+        os.fchmod(fd, file_mode(target))  # a data file others may read, as curl's would be
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             if total and total > max_bytes:

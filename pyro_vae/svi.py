@@ -251,15 +251,14 @@ class Trainer:
             raise BadValue("the training split is empty: nothing to train on")
         self.batch_size = batch_size
         inputs = self.inputs or (lambda images, labels: model_inputs(self.model, images, labels, data.n_classes))
+        default_inputs = self.inputs is None and not hasattr(self.model, "inputs")  # the arguments model_inputs gives
         # the model reads the images alone (the default inputs of an unconditional model): no labels gathered
-        images_only = (self.inputs is None and not hasattr(self.model, "inputs")
-                       and not getattr(self.model, "conditional", True))
+        images_only = default_inputs and not getattr(self.model, "conditional", True)
         # a conditional model's default inputs: every training example's condition made once (the
         # one-hot vectors of the labels: gathering a batch's labels, one_hot's range check and its
         # scatter cost some 50 us a step), a batch's rows gathered from it; the same values
         self._conditions = None
-        if (self.inputs is None and not hasattr(self.model, "inputs") and getattr(self.model, "conditional", False)
-                and torch.is_tensor(y_train)
+        if (default_inputs and getattr(self.model, "conditional", False) and torch.is_tensor(y_train)
                 and (y_train.is_floating_point() or n * data.n_classes <= MAX_CONDITION_VALUES)):
             self._conditions = as_condition(y_train, data.n_classes, x_train.dtype)
         self._apart = None  # the examples that get batches of their own
@@ -295,9 +294,9 @@ class Trainer:
         dims = getattr(self.model, "dims", None)
         if self.inputs is not None or not isinstance(dims, dict):
             return
-        read = {"x": data.x_dim, "y": data.y_dim if getattr(self.model, "conditional", False) else dims.get("y")}
+        read = {"x": data.x_dim, **({"y": data.y_dim} if getattr(self.model, "conditional", False) else {})}
         for what, size in read.items():
-            if what in dims and size != dims[what]:
+            if size != dims.get(what, size):
                 raise BadValue(f"the model was built for {what} of {dims[what]} values, and {data.name} gives {what} of "
                                f"{size}: build it with build_model(name, data.x_dim, data.y_dim, ...)")
 
