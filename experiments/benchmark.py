@@ -16,9 +16,10 @@ copy trains with Pyro's textbook loop (SVI.step, Trace_ELBO, pyro.optim.Adam, va
 show what fit's path saves; --no-plain leaves it out. The
 hand-written loss is the ELBO with a one-sample Monte Carlo KL, as Trace_ELBO computes it.
 Where NumPyro is installed (`pip install -e '.[bench]'`), the vae and cvae2 rows add NumPyro's jitted
-epoch of the same model and networks (experiments/numpyro_vae.py, in its own process pinned to
---threads CPUs, one of its epochs after each round of the torch epochs, while they wait);
---no-numpyro leaves it out.
+epoch of the same model and networks (experiments/numpyro_vae.py, in its own process, one of its
+epochs right after each of fit's, while the torch loops wait); --no-numpyro leaves it out. All
+paths run on the same CPUs: this process pins itself, and so NumPyro's, to its last --threads
+CPUs (--no-pin: the OS places the torch loops, as before 2026-12-08).
 
     python experiments/benchmark.py            # full training split, 6 epochs per setting
     python experiments/benchmark.py --quick    # a 4k subset, 3 epochs: a smoke test (minutes, not a measurement)
@@ -26,7 +27,8 @@ epoch of the same model and networks (experiments/numpyro_vae.py, in its own pro
 Prints a table (ratio: of the median epochs to hand's; min r: of the fastest epochs; r 95%: the
 95% interval of the geometric mean of the epochs' own ratios, epoch by epoch, as they alternate;
 ours/N: fit's median epoch over NumPyro's, min: of their fastest, N 95%: the same interval), then
-one JSON line (ratio_b64, ratio_b256 for vae, ours_numpyro_b64, ...; cvae2_ratio_b64, ...).
+one JSON line (ratio_b64, ratio_b256 for vae, ours_numpyro_b64, ...; cvae2_ratio_b64, ...; and
+epoch_s_b64, ...: each path's seconds per timed epoch, in order).
 Peak memory: on CUDA torch's peak allocation during the timed epochs; on the CPU the growth of
 peak RSS (VmHWM, reset after loading the data) in a fresh process that runs 30 steps of one path (one process per path, so the two
 paths' allocations do not mix).
@@ -168,6 +170,8 @@ def run_setting(args, name, batch_size):
 
     class ReferenceEpoch(pyro_vae.Callback):
         def on_epoch_end(self, trainer, metrics):  # after each epoch of fit, one epoch of the reference loop
+            if numpyro:  # right after fit's epoch: the pair behind ours/N shares the machine's moment
+                numpyro.epoch()
             if cuda:
                 peaks["ours"] = max(peaks["ours"], torch.cuda.max_memory_allocated())
                 torch.cuda.reset_peak_memory_stats()
@@ -189,8 +193,6 @@ def run_setting(args, name, batch_size):
                 pyro.clear_param_store()
                 plain_times.append(plain_svi_epoch(plain, svi, data, batch_size)[0])
                 pyro.clear_param_store()
-            if numpyro:
-                numpyro.epoch()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
 
@@ -230,7 +232,8 @@ def run_setting(args, name, batch_size):
             "ours_elbo": history[-1]["train_elbo"], "hand_elbo": ref_elbos[-1],
             "ours_val_elbo": history[-1]["val_elbo"], "hand_val_elbo": ref_val,
             "ours_peak_mb": peaks["ours"] / 2**20, "hand_peak_mb": peaks["hand"] / 2**20,
-            "steps_per_epoch": -(-len(data.splits["train"][0]) // batch_size)}
+            "steps_per_epoch": -(-len(data.splits["train"][0]) // batch_size),
+            "epoch_s": {"ours": ours_times, "hand": ref_times[1:], "numpyro": numpyro.times[1:] if numpyro else []}}
 
 
 T975 = [math.nan, 12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13,
@@ -303,7 +306,10 @@ def machine():
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"cpu: {cpu}, {os.cpu_count()} cores; gpu: {gpu}; torch {torch.__version__} "
+    pinned = ""
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 0):
+        pinned = f" (pinned to CPU {','.join(map(str, sorted(os.sched_getaffinity(0))))})"
+    return (f"cpu: {cpu}, {os.cpu_count()} cores{pinned}; gpu: {gpu}; torch {torch.__version__} "
             f"({torch.get_num_threads()} threads); pyro {pyro.__version__}")
 
 
@@ -322,11 +328,19 @@ def main():
                    help="leave out NumPyro's jitted epoch (run only where numpyro is installed)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "inductor"],
                    help="ours: fit's default (auto), the captured step (on), or captured and compiled by Inductor")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the OS place the torch loops (by default all paths, NumPyro's included, are pinned "
+                        "to the last --threads CPUs)")
     p.add_argument("--probe", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the first one warms up and is left out of the medians)")
     torch.set_num_threads(args.threads)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if args.pin and args.threads < len(cpus):
+        # every path on the same CPUs: NumPyro's process pins itself to the first --threads CPUs it
+        # may use, here these; the torch loops stay off the CPU that the rest of the machine uses too
+        os.sched_setaffinity(0, cpus[-args.threads:])
     if args.probe:
         return probe(args)
     if args.quick:
@@ -373,6 +387,7 @@ def main():
                 summary[f"{prefix}ours_numpyro_b{batch_size}"] = round(r["ours_numpyro"], 4)
                 summary[f"{prefix}min_ours_numpyro_b{batch_size}"] = round(r["min_ours_numpyro"], 4)
                 summary[f"{prefix}ours_numpyro_ci_b{batch_size}"] = [round(x, 4) for x in r["ours_numpyro_ci"]]
+            summary[f"{prefix}epoch_s_b{batch_size}"] = {k: [round(t, 4) for t in v] for k, v in r["epoch_s"].items()}
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     print(json.dumps(summary))
