@@ -550,9 +550,10 @@ def main(argv=None):
             ll = result["test_log_likelihood"]
             ll_text = (f"log-likelihood (K={result['iw_samples']}) {ll:.3f}" if ll is not None
                        else "no log-likelihood (a delta guide has no density)")
-            print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example, "
-                  f"{result['active_units']} active units (weights of epoch {result['checkpoint_epoch']}, "
-                  f"{result['checkpoint']}); written to {args.run_dir}/eval.json")
+            units = result["active_units"]
+            print(f"test ELBO {result['test_elbo']:.3f}, {ll_text} nats per example over {result['examples']} test "
+                  f"examples, {units} active unit{'' if units == 1 else 's'} (weights of epoch "
+                  f"{result['checkpoint_epoch']}, {result['checkpoint']}); written to {args.run_dir}/eval.json")
             if "test_accuracy_mc" in result:
                 print(f"test accuracy {result['test_accuracy']:.4f} at z* = mean of p(z|x), "
                       f"{result['test_accuracy_mc']:.4f} averaged over {result['mc_particles']} draws z ~ p(z|x)")

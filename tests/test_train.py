@@ -197,7 +197,12 @@ def test_a_collapsed_posterior_is_flagged_by_train_and_evaluate(tmp_path, capsys
     assert "warning: posterior collapse (0 active latent units of 2, on the validation split)" in err
     assert "--warmup-epochs" in err
     assert main(["evaluate", str(run), "--iw-samples", "5", "--examples", "50"]) == 0
-    assert "warning: posterior collapse (0 active latent units" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "warning: posterior collapse (0 active latent units" in out.err
+    assert "over 50 test examples, 0 active units (weights of epoch 3" in out.out
+    # more examples than the test split has: the line says how many were scored (digits: 359)
+    assert main(["evaluate", str(run), "--iw-samples", "2", "--examples", "100000", "--quiet"]) == 0
+    assert "over 359 test examples" in capsys.readouterr().out
     assert "posterior collapse" in json.loads((run / "eval.json").read_text())["collapse"]
 
 
