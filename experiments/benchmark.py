@@ -339,7 +339,7 @@ def main():
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if args.pin and args.threads < len(cpus):
         # every path on the same CPUs: NumPyro's process pins itself to the first --threads CPUs it
-        # may use, here these; the torch loops stay off the CPU that the rest of the machine uses too
+        # may use, which are then these; the OS no longer moves the torch loops between CPUs
         os.sched_setaffinity(0, cpus[-args.threads:])
     if args.probe:
         return probe(args)
