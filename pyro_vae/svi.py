@@ -36,7 +36,7 @@ from .errors import BadType, BadValue, Diverged, UserError, count, non_negative_
 from .estimators import elbo_per_example, importance_sampled
 from .models import as_condition, model_inputs
 from .nets import choosing_products, flush_denormals, new_choices
-from .objectives import IWAE_ELBO, ScaleLatents, make_elbo
+from .objectives import ELBOS, IWAE_ELBO, ScaleLatents, make_elbo
 
 
 class Callback:
@@ -137,7 +137,8 @@ MAX_CONDITION_VALUES = 1 << 24  # one-hot labels made once for a whole training 
 
 
 class Trainer:
-    """SVI on one model: the objective (an ELBO from `pyro.infer`, `trace` by default), Adam at
+    """SVI on one model: the objective (an ELBO from `pyro.infer`, or its name as --elbo takes it:
+    trace (the default), meanfield, iwae, enum), Adam at
     `lr` over all parameters, the KL weight `beta` ramped up linearly over the first
     `warmup_epochs`, and the gradient's global norm clipped to `clip_grad` when given.
     `inputs(images, labels)` gives the model's arguments for a batch (default: `model_inputs`;
@@ -165,6 +166,11 @@ class Trainer:
         # pyro.optim read the store), so start from an empty one.
         pyro.clear_param_store()
         self.model = model
+        if isinstance(elbo, str):  # by name, as --elbo takes it
+            elbo = make_elbo(elbo)
+        elif elbo is not None and not (hasattr(elbo, "differentiable_loss") or hasattr(elbo, "loss_and_grads")):
+            raise BadType(f"elbo must be an objective's name ({', '.join(ELBOS)}) or a pyro.infer ELBO, "
+                          f"got {type(elbo).__name__}")
         self.elbo = elbo or make_elbo(getattr(model, "defaults", {}).get("elbo", "trace"))  # m2: enum
         self.optimizer = adam(model.parameters(), lr)
         self.beta, self.warmup_epochs, self.clip_grad = beta, warmup_epochs, clip_grad

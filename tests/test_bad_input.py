@@ -358,3 +358,21 @@ def test_fit_refuses_data_the_model_was_not_built_for(tiny_digits, make, data, e
     # the sizes it was built for train as before
     pyro_vae.fit(pyro_vae.build_model(make(tiny_digits).__class__.__name__.lower(), tiny_digits.x_dim,
                                       tiny_digits.y_dim, z_dim=2, hidden=8), tiny_digits, 1, progress=False)
+
+
+def test_fit_takes_an_objective_by_name_and_refuses_what_is_not_one(tiny_digits):
+    """`fit(..., elbo="bogus")` ended in "'str' object has no attribute 'loss_and_grads'" from inside
+    the first step. An objective's name is taken as --elbo takes it; anything else that is not an
+    ELBO is one line before any step, the weights unchanged."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    model = pyro_vae.build_model("vae", tiny_digits.x_dim, z_dim=2, hidden=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(pyro_vae.UserError, match=r"^unknown objective 'bogus'; choose from trace, meanfield, iwae, enum$"):
+        pyro_vae.fit(model, tiny_digits, 1, elbo="bogus", progress=False)
+    with pytest.raises(pyro_vae.BadType, match=r"^elbo must be an objective's name \(trace, .*\) or a pyro.infer ELBO, got int$"):
+        pyro_vae.fit(model, tiny_digits, 1, elbo=3, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert isinstance(pyro_vae.Trainer(model, elbo="meanfield").elbo, TraceMeanField_ELBO)
+    history = pyro_vae.fit(model, tiny_digits, 1, elbo="iwae", progress=False)
+    assert "val_bound" in history[-1]  # the IWAE objective's own bound, reported as for --elbo iwae
