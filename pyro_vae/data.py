@@ -349,6 +349,11 @@ def load_dataset(name="digits", data_dir=None, device="cpu", binarize=True, val_
     the classes and drawn with `seed`, and hides the rest, and every validation label, as -1;
     `data.labelled` holds the kept examples' indices in the training split. None or "all": every
     label is kept."""
+    if isinstance(name, os.PathLike):  # a pathlib.Path to a file or folder of your own
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise BadType(f"name must be a data set's name ({', '.join(DATASETS)}) or the path of a file or folder, "
+                      f"got {type(name).__name__}")
     if is_builtin(name):
         if name == "digits":
             source = _digits()

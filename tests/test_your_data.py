@@ -72,6 +72,26 @@ def test_npz_images_with_labels_round_trip(tmp_path):
     assert 0 <= result["label_fidelity"] <= 1  # a reference predictor trained on this data scores the samples
 
 
+def test_a_data_set_given_as_a_path_object_or_not_a_name(tmp_path):
+    """load_dataset(pathlib.Path(...)) ended in "'PosixPath' object has no attribute 'startswith'",
+    and load_dataset(None) likewise: a Path now loads as its string does, anything else is one line."""
+    x, labels = digit_arrays()
+    np.savez(tmp_path / "mine.npz", x=x, labels=labels)
+    by_path, by_str = load_dataset(tmp_path / "mine.npz"), load_dataset(str(tmp_path / "mine.npz"))
+    assert by_path.name == by_str.name == str(tmp_path / "mine.npz")
+    assert all(torch.equal(a, b) for split in ("train", "val", "test")
+               for a, b in zip(by_path.splits[split], by_str.splits[split]) if torch.is_tensor(a))
+    # and so do train and Config: a run records the path's string (train refused a Path: "dataset must be a string")
+    run = pyro_vae.train(model="vae", dataset=tmp_path / "mine.npz", epochs=1, z_dim=2, hidden=8, progress=False,
+                         out=tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["dataset"] == str(tmp_path / "mine.npz")
+    assert pyro_vae.Config(dataset=tmp_path / "mine.npz", init_from=run).init_from == str(run)
+    for bad in (None, 3, b"digits"):
+        with pytest.raises(pyro_vae.BadType, match=r"^name must be a data set's name \(digits, .*\) or the path of a "
+                                                   r"file or folder, got (NoneType|int|bytes)$"):
+            load_dataset(bad)
+
+
 def test_npy_and_given_test_split(tmp_path):
     x, labels = digit_arrays()
     np.save(tmp_path / "x.npy", x.reshape(len(x), -1))  # vectors of 64 bytes, no labels

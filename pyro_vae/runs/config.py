@@ -109,6 +109,11 @@ class Config:
     binarization: str = "uniform"  # how training pixels are drawn; runs from before it existed: "bernoulli"
     changes: list = dataclasses.field(default_factory=list)
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # a path given as a pathlib.Path (dataset, data_dir, init_from): its string
+            if isinstance(getattr(self, f.name), os.PathLike):
+                setattr(self, f.name, os.fspath(getattr(self, f.name)))
+
     def current(self, name):
         """A setting as training uses it now: the last --resume change of it, else its value."""
         return next((c[name] for c in reversed(self.changes) if name in c), getattr(self, name))
