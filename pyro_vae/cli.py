@@ -143,6 +143,14 @@ def numbers(text):
         raise argparse.ArgumentTypeError(f"a comma list of numbers, got {text!r}") from None
 
 
+def class_setting(text):
+    """--label: a class's number (7, -1 refused later with the range), or its name (Sneaker)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def seeds_setting(text):
     """--seeds: N (seeds 0..N-1), or a comma list of seeds."""
     values = [seed_setting(v) for v in text.split(",")]
@@ -426,7 +434,9 @@ def parser():
     s = sub.add_parser("sample", help="a PNG grid of draws from a trained model", formatter_class=fmt)
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--n", type=positive_int, default=64, help="number of draws")
-    s.add_argument("--label", type=int, default=None, help="only this class (conditional models; default: one row per class)")
+    s.add_argument("--label", type=class_setting, default=None,
+                   help="only this class, by number or name, e.g. 7 or Sneaker (conditional models; default: one row "
+                        "per class)")
     s.add_argument("--attributes", type=numbers, default=None, metavar="A,B,...",
                    help="only these attributes, one 0 or 1 per attribute (runs conditioned on attributes)")
     s.add_argument("--covariates", type=numbers, default=None, metavar="U,V,...",

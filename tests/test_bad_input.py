@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import pyro_vae
 from pyro_vae import Config, UserError, compare, download, sample_run, train
+from pyro_vae.cli import main
 from pyro_vae.data import read_idx
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.runs.quadrants import run_quadrants
@@ -298,6 +299,22 @@ def test_resume_of_something_that_is_not_a_run(cli_error, tmp_path):
 def test_sample_label_out_of_range(cli_error, tmp_path, fake_run):
     run = fake_run(tmp_path / "run", "cvae1")
     cli_error(["sample", str(run), "--label", "12"], "label 12 out of range 0..9")
+
+
+def test_sample_takes_a_class_by_name(cli_error, tmp_path):
+    """`sample --label Sneaker` was "invalid int value"; a class is now asked for by number or by its
+    name (any case), the same draws either way, and a name the data lacks lists the classes."""
+    x = (np.random.default_rng(0).random((120, 4, 4)) > 0.5).astype(np.float32)
+    data = pyro_vae.Dataset.from_arrays(x, labels=np.arange(120) % 3, classes=["cat", "Dog", "bird"])
+    run = pyro_vae.train(model="cvae1", dataset=data, epochs=1, z_dim=2, hidden=8, progress=False, out=tmp_path / "run")
+    assert main(["sample", str(run), "--label", "dog", "--n", "6"]) == 0
+    by_name = run / "samples-label-dog-n6-seed0.png"
+    by_number = pyro_vae.sample_run(run, n=6, label=1)
+    assert by_number.name == "samples-label1-n6-seed0.png" and by_name.read_bytes() == by_number.read_bytes()
+    cli_error(["sample", str(run), "--label", "cow"], "no class named 'cow' in ", "its classes are 0 cat, 1 Dog, 2 bird")
+    cli_error(["sample", str(run), "--label", "7"], "label 7 out of range 0..2")
+    with pytest.raises(pyro_vae.UserError, match="give a class's number or name"):
+        pyro_vae.sample_run(run, label=" ")
 
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999999"])

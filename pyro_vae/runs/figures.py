@@ -152,8 +152,9 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
     """Draw a PNG grid of samples from a saved run into a new file; returns its path. The default
     name says what it holds (RUN_DIR/samples-n64-seed0.png, samples-label3-n64-seed0.png); an
     existing file is replaced only with `replace`. At most MAX_DRAWS draws. A conditional model
-    draws for one class `label`, or for the `attributes` or `covariates` given (lists of numbers,
-    one per value of y)."""
+    draws for one class `label` (its number, or its name as the data set calls it: "Sneaker" in
+    Fashion-MNIST, any case), or for the `attributes` or `covariates` given (lists of numbers, one
+    per value of y)."""
     positive_int("n", n)
     random_seed("seed", seed)
     if n > MAX_DRAWS:
@@ -163,7 +164,12 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
     if len(asked) > 1:
         raise UserError(f"give one of --label, --attributes, --covariates, not {' and '.join('--' + k for k, _ in asked)}")
     given = attributes if attributes is not None else covariates
-    tag = "" if not asked else f"label{label}-" if label is not None else \
+    label_name = None  # a class asked for by name, resolved once the run's data is loaded
+    if isinstance(label, str):
+        if not label.strip() or len(label) > 200:
+            raise UserError(f"label {label[:40]!r}: give a class's number or name")
+        label_name, label = label.strip(), None
+    tag = "" if not asked else f"label-{label_name}-" if label_name else f"label{label}-" if label is not None else \
         f"{asked[0][0]}{'_'.join(f'{v:g}' for v in given)}-"
     name = f"samples-{tag}n{n}-seed{seed}.png"
     out = Path(out) if out is not None else Path(run_dir) / name
@@ -177,6 +183,14 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
         raise UserError(f"{config.model} is not conditional; --{asked[0][0]} needs cvae1, cvae2, cvae4 or m2")
     if asked and asked[0][0] != data.condition:
         raise UserError(f"this run conditions on {data.condition}: --{asked[0][0]} does not apply")
+    if label_name is not None:
+        numbers = [i for i, c in enumerate(data.classes or []) if str(c).lower() == label_name.lower()]
+        if not numbers:
+            classes = [str(c) for c in data.classes or []]
+            named = (f"numbered 0..{len(classes) - 1}" if classes == [str(i) for i in range(len(classes))]
+                     else ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
+            raise UserError(f"no class named {label_name[:40]!r} in {data.name}; its classes are {named}")
+        label = numbers[0]
     if label is not None and not 0 <= label < data.n_classes:
         raise UserError(f"label {label} out of range 0..{data.n_classes - 1}")
     if given is not None:
