@@ -2,6 +2,7 @@
 with plots.py (runs layer). `run_figures` is what training leaves in a run directory;
 `sample_run` is `pyro-vae sample`."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -169,7 +170,8 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
         if not label.strip() or len(label) > 200:
             raise UserError(f"label {label[:40]!r}: give a class's number or name")
         label_name, label = label.strip(), None
-    tag = "" if not asked else f"label-{label_name}-" if label_name else f"label{label}-" if label is not None else \
+    file_label = re.sub(r"[^\w.-]+", "_", label_name) if label_name else None  # a name as a file may hold it
+    tag = "" if not asked else f"label-{file_label}-" if label_name else f"label{label}-" if label is not None else \
         f"{asked[0][0]}{'_'.join(f'{v:g}' for v in given)}-"
     name = f"samples-{tag}n{n}-seed{seed}.png"
     out = Path(out) if out is not None else Path(run_dir) / name
