@@ -30,11 +30,13 @@ def main():
     p.add_argument("--runs", default="runs/quadrants")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--redraw", action="store_true", help="redraw the figures and table from a finished run")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --runs")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     budget = dict(BUDGET, epochs=args.epochs)
     started = time.time()
-    command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(a for a in sys.argv[1:] if a != "--redraw")
+    command = "OMP_NUM_THREADS=1 python experiments/quadrants.py " + " ".join(a for a in sys.argv[1:]
+                                                                           if a not in ("--redraw", "--overwrite"))
     machine = (f"{platform.machine()} CPU ({os.cpu_count()} cores, torch on {torch.get_num_threads()} thread(s), "
                f"load average {os.getloadavg()[1]:.1f} over the 5 min before the run: other work would slow the "
                f"timings), Python {platform.python_version()}, torch {torch.__version__}")
@@ -44,7 +46,7 @@ def main():
         rows = json.loads((Path(args.runs) / "results.json").read_text())["rows"]
         made_by = json.loads(made.read_text())
     else:
-        rows = run_quadrants(args.runs, dataset=args.dataset, **budget)
+        rows = run_quadrants(args.runs, dataset=args.dataset, overwrite=args.overwrite, **budget)
         made_by = {"command": command.strip(), "machine": machine, "minutes": round((time.time() - started) / 60),
                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         made.write_text(json.dumps(made_by) + "\n")

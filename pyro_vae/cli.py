@@ -428,6 +428,7 @@ def parser():
     q.add_argument("--train-size", type=positive_int, default=None, help="keep only the first N training images")
     q.add_argument("--seed", type=seed_setting, default=0, help="random seed")
     q.add_argument("--out", default="runs/quadrants", help="folder for results.json, weights and figures")
+    q.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     q.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     q.add_argument("--quiet", action="store_true", help="no opening line or per-result lines")
 
@@ -588,9 +589,9 @@ def main(argv=None):
             rows = run_quadrants(args.out, args.dataset, args.data_dir, args.given, args.models, args.epochs,
                                  args.batch_size, args.lr, args.z_dim, args.hidden, args.alpha, args.iw_samples,
                                  args.examples, args.train_size, args.seed, progress=not args.quiet,
-                                 device=args.device)
-            print(f"pyro-vae quadrants: {len(rows)} results in {args.out}/results.json; weights and figures "
-                  f"(quadrants-N.png) beside them")
+                                 device=args.device, overwrite=args.overwrite)
+            print(f"pyro-vae quadrants: {len(rows)} result{'' if len(rows) == 1 else 's'} in {args.out}/results.json; "
+                  f"weights and figures (quadrants-N.png) beside them")
         elif args.command == "sample":
             path = sample_run(args.run_dir, args.out, args.n, args.label, args.seed, args.device, args.replace,
                               attributes=args.attributes, covariates=args.covariates)

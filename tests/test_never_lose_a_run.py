@@ -317,6 +317,37 @@ def test_quadrants_out_under_a_file(tmp_path, cli_error):
     cli_error(["quadrants", "--dataset", "digits", "--out", str(tmp_path / "file" / "sub")], "cannot write")
 
 
+def test_quadrants_keeps_an_earlier_run_and_has_one_writer_at_a_time(tmp_path, cli_error, capsys):
+    """`pyro-vae quadrants` into a folder holding an earlier run replaced its results, weights and
+    figures without a word (train refuses such an --out), and two at once wrote over each other. Now:
+    refused in one line, every file as it was; --overwrite replaces them; a second writer is refused
+    at once; a setting listed twice is one line (it trained the same model twice)."""
+    from pyro_vae.runs.store import LOCK_FILE, RunLock
+
+    out = tmp_path / "q"
+    argv = ["quadrants", "--dataset", "digits", "--given", "2", "--models", "cvae3", "--epochs", "1", "--hidden", "8",
+            "--z-dim", "2", "--iw-samples", "2", "--examples", "5", "--quiet", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    assert "1 result in" in capsys.readouterr().out
+    before = hashes(out, skip=(LOCK_FILE,))
+    assert set(before) == {"results.json", "cvae3-2.pt", "quadrants-2.png"}
+    cli_error(argv, f"{out} holds an earlier quadrants run (results.json, cvae3-2.pt, quadrants-2.png); "
+                    "pass --overwrite to replace it")
+    cli_error(argv[:4] + ["1"] + argv[5:], "holds an earlier quadrants run (results.json)")  # its table, too
+    assert hashes(out, skip=(LOCK_FILE,)) == before
+    lock = RunLock(out).acquire()  # another writer (flock: another open file, as another process's)
+    lock.announce()
+    try:
+        cli_error(argv + ["--overwrite"], f"{out} is in use by process {os.getpid()}")
+    finally:
+        lock.release()
+    assert hashes(out, skip=(LOCK_FILE,)) == before
+    assert main(argv + ["--overwrite", "--seed", "1"]) == 0
+    assert hashes(out, skip=(LOCK_FILE,))["cvae3-2.pt"] != before["cvae3-2.pt"]
+    cli_error(argv[:4] + ["1", "1"] + argv[5:], "quadrants: given lists each of 1, 2, 3 at most once, got [1, 1]")
+    cli_error(argv[:6] + ["cvae3", "cvae3"] + argv[7:], "models lists each of baseline, cvae3, hybrid at most once")
+
+
 def test_a_figure_path_that_is_a_directory(run, cli_error):
     (run / "samples.png").unlink()
     (run / "samples.png").mkdir()

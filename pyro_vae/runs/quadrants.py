@@ -15,6 +15,7 @@ log p(z|x) - log q(z) cancels exactly and what is left is E_{p(z|x)}[log p(y|x,z
 of the Gaussian stochastic neural network that is trained the way it predicts.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from ..objectives import make_elbo
 from ..parts import BernoulliDecoder
 from ..svi import fit
 from .config import resolve_device
-from .store import create_dir
+from .store import RunLock, create_dir
 
 
 def given_mask(n_given, shape=(28, 28)):
@@ -184,46 +185,73 @@ def completion_figure(models, data, n_given, path, n_images=8, samples=3, seed=0
                                   f"z ~ p(z|x) each (the baseline has no z: one row)")
 
 
+@contextlib.contextmanager
+def writing_quadrants(out, given, models, overwrite):
+    """Within it, this process alone writes the folder `out` (a lock; a second writer is refused at
+    once), which holds none of the files the run will write unless `overwrite`."""
+    lock = RunLock(out).acquire()
+    try:
+        targets = ([out / "results.json"] + [out / f"{name}-{n}.pt" for n in given for name in models]
+                   + [out / f"quadrants-{n}.png" for n in given])
+        earlier = [p.name for p in targets if p.exists() or p.is_symlink()]
+        if earlier and not overwrite:
+            raise UserError(f"{out} holds an earlier quadrants run ({', '.join(earlier[:3])}"
+                            f"{', ...' if len(earlier) > 3 else ''}); pass --overwrite to replace it, or choose "
+                            f"another --out")
+        lock.announce()
+        yield
+    finally:
+        lock.release()
+
+
 def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), models=MODELS, epochs=5,
                   batch_size=128, lr=1e-3, z_dim=32, hidden=256, alpha=0.5, iw_samples=1000, examples=None,
-                  train_size=None, seed=0, progress=True, device="cpu"):
+                  train_size=None, seed=0, progress=True, device="cpu", overwrite=False):
     """Train and score every (model, number of given quadrants) on `device`; writes
     OUT/results.json, each model's weights (OUT/<model>-<n>.pt, tensors only) and
-    OUT/quadrants-<n>.png. Returns the rows."""
+    OUT/quadrants-<n>.png. Returns the rows. Files an earlier run left there are replaced only with
+    `overwrite`, and one process at a time writes OUT (a second is refused at once)."""
     random_seed("seed", seed)
+    given, models = list(given), list(models)
+    for what, values, allowed in (("given", given, (1, 2, 3)), ("models", models, MODELS)):
+        if not values or any(v not in allowed for v in values) or len(set(values)) != len(values):
+            raise UserError(f"quadrants: {what} lists each of {', '.join(map(str, allowed))} at most once, "
+                            f"got {values}")
     out = create_dir(out, "output folder")
-    device = resolve_device(device)
-    data = load_dataset(dataset, data_dir, device, binarize=True, train_size=train_size, seed=seed)
-    if not data.is_image or len(data.shape) != 2:
-        raise UserError(f"{dataset}: quadrant completion is for grey images (H, W); its examples have shape {data.shape}")
-    if progress:
-        print(f"pyro-vae quadrants: {', '.join(models)} x {len(given)} numbers of given quadrants on {dataset} "
-              f"({len(data.splits['train'][0])} training images), {epochs} epochs each, {device}; writing into {out}",
-              flush=True)
-    if data.shape[0] % 2 or data.shape[1] % 2:
-        raise UserError(f"{dataset}: images of {data.shape} pixels do not split into equal quadrants")
-    rows = []
-    for n in given:
-        trained = {}
-        for name in models:
-            pyro.set_rng_seed(seed)
-            model, objective = build(name, n, data.x_dim, data.shape, z_dim, hidden, alpha)
-            model.to(device)
-            seconds = fit_quadrants(model, objective, data, epochs, batch_size, lr)
-            weights = model.state_dict()
-            atomic_write(out / f"{name}-{n}.pt", lambda f: torch.save(weights, f))
-            row = {"model": name, "given": n, **score(model, data, iw_samples, examples),
-                   "seconds_per_epoch": sum(seconds) / len(seconds)}
-            if progress:
-                print(result_line(row), flush=True)
-            rows.append(row)
-            trained[name] = model
-        completion_figure(trained, data, n, out / f"quadrants-{n}.png")
-    settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
-                    lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
-                    train_size=train_size, seed=seed)
-    write_json(out / "results.json", {"settings": settings, "rows": rows})
-    return rows
+    with writing_quadrants(out, given, models, overwrite):
+        device = resolve_device(device)
+        data = load_dataset(dataset, data_dir, device, binarize=True, train_size=train_size, seed=seed)
+        if not data.is_image or len(data.shape) != 2:
+            raise UserError(f"{dataset}: quadrant completion is for grey images (H, W); its examples have shape "
+                            f"{data.shape}")
+        if progress:
+            print(f"pyro-vae quadrants: {', '.join(models)} x {len(given)} numbers of given quadrants on {dataset} "
+                  f"({len(data.splits['train'][0])} training images), {epochs} epochs each, {device}; writing "
+                  f"into {out}", flush=True)
+        if data.shape[0] % 2 or data.shape[1] % 2:
+            raise UserError(f"{dataset}: images of {data.shape} pixels do not split into equal quadrants")
+        rows = []
+        for n in given:
+            trained = {}
+            for name in models:
+                pyro.set_rng_seed(seed)
+                model, objective = build(name, n, data.x_dim, data.shape, z_dim, hidden, alpha)
+                model.to(device)
+                seconds = fit_quadrants(model, objective, data, epochs, batch_size, lr)
+                weights = model.state_dict()
+                atomic_write(out / f"{name}-{n}.pt", lambda f: torch.save(weights, f))
+                row = {"model": name, "given": n, **score(model, data, iw_samples, examples),
+                       "seconds_per_epoch": sum(seconds) / len(seconds)}
+                if progress:
+                    print(result_line(row), flush=True)
+                rows.append(row)
+                trained[name] = model
+            completion_figure(trained, data, n, out / f"quadrants-{n}.png")
+        settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
+                        lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
+                        train_size=train_size, seed=seed)
+        write_json(out / "results.json", {"settings": settings, "rows": rows})
+        return rows
 
 
 def result_line(row):
