@@ -170,9 +170,14 @@ def sample_run(run_dir, out=None, n=64, label=None, seed=0, device="auto", repla
         if not label.strip() or len(label) > 200:
             raise UserError(f"label {label[:40]!r}: give a class's number or name")
         label_name, label = label.strip(), None
-    file_label = re.sub(r"[^\w.-]+", "_", label_name) if label_name else None  # a name as a file may hold it
-    tag = "" if not asked else f"label-{file_label}-" if label_name else f"label{label}-" if label is not None else \
-        f"{asked[0][0]}{'_'.join(f'{v:g}' for v in given)}-"
+    if not asked:
+        tag = ""
+    elif label_name is not None:
+        tag = "label-" + re.sub(r"[^\w.-]+", "_", label_name) + "-"  # the name as a file may hold it
+    elif label is not None:
+        tag = f"label{label}-"
+    else:
+        tag = f"{asked[0][0]}{'_'.join(f'{v:g}' for v in given)}-"
     name = f"samples-{tag}n{n}-seed{seed}.png"
     out = Path(out) if out is not None else Path(run_dir) / name
     check_figure_path(out)

@@ -247,7 +247,7 @@ def run_quadrants(out, dataset="fashion-mnist", data_dir=None, given=(1, 2, 3), 
                 rows.append(row)
                 trained[name] = model
             completion_figure(trained, data, n, out / f"quadrants-{n}.png")
-        settings = dict(dataset=dataset, given=list(given), models=list(models), epochs=epochs, batch_size=batch_size,
+        settings = dict(dataset=dataset, given=given, models=models, epochs=epochs, batch_size=batch_size,
                         lr=lr, z_dim=z_dim, hidden=hidden, alpha=alpha, iw_samples=iw_samples, examples=examples,
                         train_size=train_size, seed=seed)
         write_json(out / "results.json", {"settings": settings, "rows": rows})
