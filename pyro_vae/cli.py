@@ -512,6 +512,7 @@ def main(argv=None):
     TRAIN_SETTINGS, RESUMABLE = F["train_settings"], F["resumable"]
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    previous = sigterm_raises()
     try:
         if args.command == "train":
             settings = {k: getattr(args, k) for k in TRAIN_SETTINGS}
@@ -603,7 +604,34 @@ def main(argv=None):
             print(f"{args.dataset}: {download(args.dataset, args.dest)}")
     except endings() as e:
         return ending(e, "pyro-vae")
+    finally:
+        restore_sigterm(previous)
     return 0
+
+
+def sigterm_raises():
+    """From now on SIGTERM (a scheduler's notice) raises `errors.Terminated`, so that every command
+    ends as Ctrl-C ends it: one line, status 143, a file being written left as it was (atomic_write
+    cleans up), where the default ended the process without a word. Training installs its own,
+    which finishes the epoch first. Returns the handler replaced (None off the main thread, where
+    Python cannot set one)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame):
+        raise errors.Terminated("terminated (SIGTERM)")
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def restore_sigterm(previous):
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
 
 
 def endings():
@@ -636,10 +664,13 @@ def ending(error, prog):
 def script(main):
     """Run an experiment script's `main()` and exit as the CLI does: an error it reports (a bad value,
     a missing run directory, memory, Ctrl-C or SIGTERM) in one line named after the script."""
+    previous = sigterm_raises()
     try:
         main()
     except endings() as e:
         sys.exit(ending(e, Path(sys.argv[0]).name))
+    finally:
+        restore_sigterm(previous)
 
 
 def one_line(error):

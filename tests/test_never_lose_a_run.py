@@ -239,6 +239,30 @@ def sigterm_after_an_epoch(command, metrics, wait=60, **popen):
     return child.returncode, err
 
 
+def test_sigterm_ends_any_command_in_one_line_keeping_what_it_wrote(tmp_path):
+    """Outside training SIGTERM killed a command without a word (quadrants, evaluate, compare, ...:
+    the shell's status 143, no line saying why). Now every command ends as Ctrl-C ends it: one line,
+    status 143, the files it finished kept as they were, no temporary file left."""
+    out = tmp_path / "q"
+    child = subprocess.Popen([sys.executable, "-m", "pyro_vae", "quadrants", "--dataset", "digits", "--given", "1", "2",
+                              "--epochs", "300", "--hidden", "16", "--z-dim", "2", "--iw-samples", "2", "--examples", "5",
+                              "--device", "cpu", "--quiet", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "baseline-1.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert time.monotonic() < deadline and child.poll() is None, child.stderr.read() if child.poll() else ""
+        time.sleep(0.02)
+    before = hashes(out, skip=(".pyro-vae.lock",))
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143 and "Traceback" not in err, err
+    assert err == "pyro-vae: terminated (SIGTERM)\n", err
+    after = hashes(out, skip=(".pyro-vae.lock",))
+    assert after["baseline-1.pt"] == before["baseline-1.pt"] and "results.json" not in after
+    assert not [name for name in after if ".pyro-vae-tmp" in name]
+
+
 def sigterm_run(out, grace, epochs=400):
     return sigterm_after_an_epoch([sys.executable, "-m", "pyro_vae", "train", *ARGS, "--epochs", str(epochs),
                                    "--out", str(out), "--grace", str(grace)], out / "metrics.jsonl")
